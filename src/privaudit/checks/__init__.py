@@ -1,0 +1,28 @@
+"""Checks stage: one module per check, all with one signature (see :mod:`.base`)."""
+
+from privaudit.checks import copies as _copies  # noqa: F401  (registers "copies")
+from privaudit.checks.base import (
+    CHECKS,
+    AuditContext,
+    Check,
+    CheckResult,
+    CheckStatus,
+    Direction,
+    EmbeddedSets,
+    Metric,
+    MetricSpec,
+    metric_catalog,
+)
+
+__all__ = [
+    "CHECKS",
+    "AuditContext",
+    "Check",
+    "CheckResult",
+    "CheckStatus",
+    "Direction",
+    "EmbeddedSets",
+    "Metric",
+    "MetricSpec",
+    "metric_catalog",
+]

@@ -1,0 +1,174 @@
+"""What every check shares: the prepared context, the result types and the registry.
+
+A check takes an :class:`AuditContext` (image sets, their embeddings, shared neighbour searches
+and a seeded random stream) and its own options, and returns a frozen :class:`CheckResult`. It
+never prints, renders, or decides pass/fail: the verdict belongs to :mod:`privaudit.policy`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from privaudit.data.imageset import ImageSet
+from privaudit.embed.base import EmbedderInfo
+from privaudit.registry import Registry
+from privaudit.search import Neighbors, knn
+
+
+class Direction(str, Enum):
+    """Which way a metric is read. ``*_rate`` / ``*_risk`` metrics are higher-is-worse and
+    ``*_score`` metrics higher-is-better, so the name says it too."""
+
+    HIGHER_IS_WORSE = "higher_is_worse"
+    HIGHER_IS_BETTER = "higher_is_better"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric a check reports and a policy can set levels on."""
+
+    name: str
+    direction: Direction
+    description: str
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure with its uncertainty.
+
+    Attributes:
+        value: the estimate; ``None`` when it could not be assessed (never read as a pass).
+        n: the sample size the estimate rests on.
+        ci_low: lower end of its 95 % interval (``None`` when there is none).
+        ci_high: upper end of its 95 % interval.
+        direction: how to read it.
+    """
+
+    value: float | None
+    n: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+    direction: Direction = Direction.HIGHER_IS_WORSE
+
+    @property
+    def assessed(self) -> bool:
+        """True when the value is a finite number."""
+        return self.value is not None and math.isfinite(self.value)
+
+
+class CheckStatus(str, Enum):
+    """Whether a check could measure what it is for."""
+
+    ASSESSED = "assessed"
+    NOT_ASSESSED = "not_assessed"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Fields every check result has; each check subclasses it with its details."""
+
+    check: str
+    status: CheckStatus
+    reason: str | None
+    metrics: Mapping[str, Metric]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EmbeddedSets:
+    """The embeddings of each input set in one embedder's space (unit float32 rows)."""
+
+    info: EmbedderInfo
+    near_duplicate_similarity: float
+    train: np.ndarray
+    synthetic: np.ndarray
+    holdout: np.ndarray | None
+
+    def of(self, role: str) -> np.ndarray:
+        """The embeddings of ``"train"``, ``"synthetic"`` or ``"holdout"``."""
+        value = getattr(self, role)
+        if value is None:
+            raise KeyError(f"no {role} set in this audit")
+        return value
+
+
+@dataclass(eq=False)
+class AuditContext:
+    """Everything a check needs, prepared once by the orchestrator.
+
+    Neighbour searches go through :meth:`neighbors`, which remembers them, so that checks that
+    need the same search share one.
+    """
+
+    train: ImageSet
+    synthetic: ImageSet
+    holdout: ImageSet | None
+    space: EmbeddedSets
+    seed: int
+    _knn_cache: dict[tuple[str, str], Neighbors] = field(default_factory=dict, repr=False)
+
+    def images(self, role: str) -> ImageSet:
+        """The image set of ``"train"``, ``"synthetic"`` or ``"holdout"``."""
+        value = getattr(self, role)
+        if value is None:
+            raise KeyError(f"no {role} set in this audit")
+        return value
+
+    def neighbors(self, query: str, base: str, *, k: int = 1) -> Neighbors:
+        """k nearest ``base`` images of every ``query`` image (roles), computed at most once."""
+        key = (query, base)
+        cached = self._knn_cache.get(key)
+        if cached is None or cached.k < k:
+            cached = knn(self.space.of(query), self.space.of(base), k=k)
+            self._knn_cache[key] = cached
+        return cached.first(k)
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        """A random stream for ``purpose``, derived from the audit seed.
+
+        Streams are keyed by name, so adding a check never changes another check's draws.
+        """
+        return np.random.default_rng(self._seed_sequence(purpose))
+
+    def torch_generator(self, purpose: str) -> torch.Generator:
+        """A seeded ``torch.Generator`` for ``purpose`` (see :meth:`rng`)."""
+        gen = torch.Generator()
+        gen.manual_seed(int(self._seed_sequence(purpose).generate_state(1, np.uint64)[0] >> np.uint64(1)))
+        return gen
+
+    def _seed_sequence(self, purpose: str) -> np.random.SeedSequence:
+        key = int.from_bytes(hashlib.sha256(purpose.encode()).digest()[:8], "little")
+        return np.random.SeedSequence([self.seed, key])
+
+
+class Check(ABC):
+    """A check: a name, an options dataclass, the metrics it reports, and :meth:`run`."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    #: A frozen dataclass of the check's options, all with defaults.
+    Options: ClassVar[type]
+    metrics: ClassVar[Mapping[str, MetricSpec]]
+    #: Input roles the check cannot run without.
+    requires: ClassVar[tuple[str, ...]] = ("train", "synthetic")
+
+    @abstractmethod
+    def run(self, ctx: AuditContext, options: Any) -> CheckResult:
+        """Measure, and return a result; never print, render or decide pass/fail."""
+
+
+CHECKS: Registry[type[Check]] = Registry("check", entry_point_group="privaudit.checks")
+
+
+def metric_catalog() -> dict[str, MetricSpec]:
+    """Every metric of every registered check, keyed ``"<check>.<metric>"``."""
+    return {f"{name}.{m}": spec for name in CHECKS.names() for m, spec in CHECKS.get(name).metrics.items()}

@@ -1,0 +1,166 @@
+"""Decoders for single image files: PNG, JPEG, BMP (Pillow), TIFF (tifffile) and DICOM (pydicom).
+
+Each reader returns the working format (:mod:`privaudit.data.convert`) or raises
+:class:`UnreadableImage` with a short reason; the folder loader then skips the file and lists it.
+Only pixel data and the attributes needed to interpret it are read from DICOM files: no header
+field ever reaches a log or an output.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from privaudit.data.convert import ImageFormatError, to_working
+from privaudit.errors import MissingDependencyError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+PILLOW_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
+TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+IMAGE_EXTENSIONS = PILLOW_EXTENSIONS | TIFF_EXTENSIONS | DICOM_EXTENSIONS
+
+
+class UnreadableImage(Exception):
+    """A file that cannot be decoded into one 2D image; ``str(exc)`` is the reason."""
+
+
+def has_dicom_preamble(path: Path) -> bool:
+    """True when the file carries the DICOM preamble ("DICM" at byte 128)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether a folder scan should try to decode ``path``."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS or has_dicom_preamble(path)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode one image file into the working format.
+
+    Raises:
+        UnreadableImage: the file is empty, corrupt, not an image, a volume, or has no pixels.
+        MissingDependencyError: a DICOM file was found and pydicom is not installed.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage("empty file (0 bytes)")
+    except OSError as exc:
+        raise UnreadableImage(f"cannot open: {exc.strerror or exc}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix in DICOM_EXTENSIONS or (suffix not in PILLOW_EXTENSIONS | TIFF_EXTENSIONS and has_dicom_preamble(path)):
+            return _read_dicom(path)
+        if suffix in TIFF_EXTENSIONS:
+            return _read_tiff(path)
+        return _read_pillow(path)
+    except ImageFormatError as exc:
+        raise UnreadableImage(_strip_where(str(exc), path)) from None
+
+
+def _strip_where(message: str, path: Path) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Above Image.MAX_IMAGE_PIXELS Pillow only warns; treat that as a refusal too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:
+                    raise UnreadableImage(
+                        f"{frames} frames: privaudit audits 2D images only for now"
+                    )
+                img.load()
+                arr = _pillow_array(img)
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(f"refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage("not a recognised image file") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow reports truncated and corrupt data as OSError/SyntaxError/ValueError.
+        raise UnreadableImage(f"corrupt or truncated image ({exc})") from None
+    return to_working(arr, where=str(path))
+
+
+def _pillow_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGBA" if "A" in mode or "transparency" in img.info else "RGB")
+    return np.asarray(img)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if len(tif.series) == 0:
+                raise UnreadableImage("TIFF file holds no image")
+            series = tif.series[0]
+            if len(tif.pages) > 1 or len(series.shape) > 3 or (
+                len(series.shape) == 3 and series.shape[-1] not in (1, 2, 3, 4)
+            ):
+                raise UnreadableImage(
+                    f"TIFF holds a stack of shape {tuple(series.shape)}: "
+                    "privaudit audits 2D images only for now"
+                )
+            arr = series.asarray()
+    except UnreadableImage:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt files and missing codecs
+        raise UnreadableImage(f"corrupt or unsupported TIFF ({type(exc).__name__}: {exc})") from None
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar RGB
+    return to_working(arr, where=str(path))
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut
+    except ImportError:
+        raise MissingDependencyError("pydicom", extra="dicom", needed_for="reading DICOM files") from None
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:
+        raise UnreadableImage(f"not a readable DICOM file ({type(exc).__name__})") from None
+    if "PixelData" not in ds:
+        raise UnreadableImage("DICOM file without pixel data")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise UnreadableImage(f"multi-frame DICOM ({frames} frames): privaudit audits 2D images only for now")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # missing decoder plugins, truncated pixel data, bad attributes
+        raise UnreadableImage(f"DICOM pixel data cannot be decoded ({_first_line(exc)})") from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
+    if arr.ndim == 2:
+        arr = apply_modality_lut(arr, ds)  # rescale slope/intercept, or a modality LUT
+        if photometric == "MONOCHROME1":  # low values are bright: invert
+            arr = arr.max() + arr.min() - arr
+    return to_working(np.asarray(arr), where=str(path), minmax=True)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,207 @@
+"""The orchestrator: data -> embed -> search -> checks -> policy -> outputs.
+
+It never branches on a check's or an embedder's name: both come from their registries and share
+one signature.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from privaudit._util import atomic_write_text
+from privaudit._version import __version__
+from privaudit.checks.base import CHECKS, AuditContext, CheckResult, CheckStatus, EmbeddedSets, Metric
+from privaudit.config import AuditConfig
+from privaudit.data.imageset import ImageSet
+from privaudit.data.loaders import load_imageset
+from privaudit.embed.base import get_embedder
+from privaudit.errors import InputError, OutputError
+from privaudit.policy import Policy
+from privaudit.results import SCHEMA_VERSION, AuditResult, environment, utc_now
+
+log = logging.getLogger(__name__)
+
+ImageSource = ImageSet | str | os.PathLike[str]
+
+#: The files an audit writes into its output folder.
+OUTPUT_FILES = ("results.json", "report.html")
+
+
+def audit(
+    train: ImageSource,
+    synthetic: ImageSource,
+    holdout: ImageSource | None = None,
+    *,
+    config: AuditConfig | None = None,
+    policy: Policy | str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> AuditResult:
+    """Audit a synthetic image set against the training set it was made from.
+
+    Args:
+        train: the generator's training images (an :class:`ImageSet` or a path that
+            :func:`privaudit.load_imageset` reads).
+        synthetic: the images to be released.
+        holdout: real images of patients *not* in training, from the same population; they
+            calibrate every threshold. Strongly recommended: without them the checks fall back
+            to weaker, documented substitutes.
+        config: what to measure; defaults to :class:`AuditConfig()`.
+        policy: a :class:`Policy`, a policy file, or ``None`` for the shipped default.
+        out: a folder to write ``results.json`` and ``report.html`` into (created if needed).
+        force: write into ``out`` even if it is not empty (only the two files are replaced).
+
+    Returns:
+        The :class:`AuditResult`, verdict included.
+
+    Example:
+        >>> from privaudit.phantoms import make_study
+        >>> study = make_study(n_train_patients=20, n_holdout_patients=30, n_synthetic=40)
+        >>> result = audit(study.train, study.leaky, study.holdout)
+        >>> result.verdict.status.value
+        'fail'
+    """
+    config = config or AuditConfig()
+    if not isinstance(policy, Policy):
+        policy = Policy.default() if policy is None else Policy.from_toml(policy)
+    out_dir = prepare_output_dir(out, force=force) if out is not None else None
+
+    log.info("loading images")
+    sets = {
+        "train": _as_imageset(train, "train", config.max_skipped),
+        "synthetic": _as_imageset(synthetic, "synthetic", config.max_skipped),
+        "holdout": None if holdout is None else _as_imageset(holdout, "holdout", config.max_skipped),
+    }
+    warnings = _validate_roles(sets["train"], sets["holdout"])
+
+    ctx = AuditContext(
+        train=sets["train"],
+        synthetic=sets["synthetic"],
+        holdout=sets["holdout"],
+        space=_embed(sets, config),
+        seed=config.seed,
+    )
+    checks: dict[str, CheckResult] = {}
+    for name in config.checks:
+        check = CHECKS.get(name)()
+        missing = [role for role in check.requires if sets.get(role) is None]
+        if missing:
+            checks[name] = CheckResult(
+                check=name,
+                status=CheckStatus.NOT_ASSESSED,
+                reason=f"needs --{' and --'.join(missing)}",
+                metrics={m: Metric(None, 0, direction=spec.direction) for m, spec in check.metrics.items()},
+            )
+            continue
+        log.info("running check %s", name)
+        checks[name] = check.run(ctx, config.options_for(name))
+
+    result = AuditResult(
+        schema_version=SCHEMA_VERSION,
+        privaudit_version=__version__,
+        created_at=utc_now(),
+        seed=config.seed,
+        config=config.to_dict(),
+        environment=environment(),
+        inputs={role: s.summary(role) for role, s in sets.items() if s is not None},
+        embedder=ctx.space.info,
+        checks=checks,
+        verdict=policy.evaluate(checks),
+        warnings=tuple(warnings),
+    )
+    if out_dir is not None:
+        write_outputs(result, out_dir, images={k: v for k, v in sets.items() if v is not None})
+    return result
+
+
+def _as_imageset(source: ImageSource, role: str, max_skipped: float) -> ImageSet:
+    if isinstance(source, ImageSet):
+        if len(source) == 0:
+            raise InputError(f"--{role}: the image set is empty")
+        return source
+    return load_imageset(source, role=role, max_skipped=max_skipped)
+
+
+def _validate_roles(train: ImageSet, holdout: ImageSet | None) -> list[str]:
+    """Refuse a holdout that shares patients with training; say when it cannot be checked."""
+    warnings: list[str] = []
+    if holdout is None:
+        warnings.append("no holdout was given: thresholds fall back to weaker estimates from the training set")
+        return warnings
+    if train.patient_ids is not None and holdout.patient_ids is not None:
+        shared = sorted(set(train.patient_ids) & set(holdout.patient_ids))
+        if shared:
+            shown = ", ".join(shared[:5]) + (", ..." if len(shared) > 5 else "")
+            raise InputError(
+                f"--holdout shares {len(shared)} patient(s) with --train ({shown}); a holdout must "
+                "hold other patients, or its images are not non-members"
+            )
+    else:
+        warnings.append(
+            "patient ids are missing for training or holdout, so it could not be checked that the "
+            "holdout holds other patients; if it does not, copies can be missed"
+        )
+    return warnings
+
+
+def _embed(sets: Mapping[str, ImageSet | None], config: AuditConfig) -> EmbeddedSets:
+    import numpy as np
+    import torch
+
+    embedder = get_embedder(config.embedder)
+    if embedder.requires_fit:
+        generator = torch.Generator().manual_seed(config.seed)
+        embedder.fit(sets["train"], rng=np.random.default_rng(config.seed), generator=generator)  # type: ignore[arg-type]
+    vectors = {}
+    for role, images in sets.items():
+        if images is not None:
+            log.info("embedding %d %s images with %s", len(images), role, embedder.name)
+            vectors[role] = embedder.embed(images, batch_size=config.batch_size)
+    return EmbeddedSets(
+        info=embedder.info(),
+        near_duplicate_similarity=embedder.near_duplicate_similarity,
+        train=vectors["train"],
+        synthetic=vectors["synthetic"],
+        holdout=vectors.get("holdout"),
+    )
+
+
+def prepare_output_dir(out: str | os.PathLike[str], *, force: bool) -> Path:
+    """Create ``out`` if needed; refuse a file, or a non-empty folder unless ``force``."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--out {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise OutputError(
+            f"--out {path} is not empty; choose a new folder, or pass --force to write into it "
+            f"(only {' and '.join(OUTPUT_FILES)} are replaced)"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--out {path} cannot be created ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {path} is not writable")
+    return path
+
+
+def write_outputs(result: AuditResult, out_dir: str | os.PathLike[str], *, images: Mapping[str, ImageSet] | None) -> dict[str, Path]:
+    """Write ``results.json`` and ``report.html`` atomically into ``out_dir``.
+
+    Both are rendered in memory first, so a failure leaves neither half-written.
+    """
+    from privaudit.reports import render_html
+
+    out = Path(out_dir)
+    payload = {"results.json": result.to_json(), "report.html": render_html(result, images=images)}
+    written = {}
+    for name, text in payload.items():
+        try:
+            atomic_write_text(out / name, text)
+        except OSError as exc:
+            raise OutputError(f"cannot write {out / name} ({exc.strerror or exc})") from None
+        written[name] = out / name
+    return written

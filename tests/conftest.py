@@ -1,0 +1,115 @@
+"""Seeded fixtures shared by the tests: a tiny phantom study, its audits, and file writers."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from privaudit.phantoms import PhantomStudy, make_study, write_study
+from privaudit.pipeline import audit
+from privaudit.results import AuditResult
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# The tiny profile: a few dozen patients at 32 px. 30 holdout patients x 4 scans = 120 null
+# scores, enough for alpha = 0.01 (a null needs at least 99).
+TINY = dict(n_train_patients=30, n_holdout_patients=30, scans_per_patient=4, n_synthetic=100, size=32)
+
+
+@pytest.fixture(scope="session")
+def study() -> PhantomStudy:
+    return make_study(seed=0, **TINY)
+
+
+@pytest.fixture(scope="session")
+def leaky_result(study: PhantomStudy) -> AuditResult:
+    return audit(study.train, study.leaky, study.holdout)
+
+
+@pytest.fixture(scope="session")
+def clean_result(study: PhantomStudy) -> AuditResult:
+    return audit(study.train, study.clean, study.holdout)
+
+
+@pytest.fixture(scope="session")
+def study_files(study: PhantomStudy, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny study written as PNG files with manifests (as a user's data would look)."""
+    return write_study(study, tmp_path_factory.mktemp("phantoms"))
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None, **save: object) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(array, mode))
+    return path
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    slope: float | None = None,
+    intercept: float | None = None,
+    frames: int = 1,
+    with_pixels: bool = True,
+    transfer_syntax: str | None = None,
+    patient_name: str = "Doe^Jane",
+) -> Path:
+    """Write a real DICOM file with pydicom (16-bit unsigned, little endian)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = patient_name
+    ds.PatientID = "MRN-0001"
+    ds.Modality = "CR"
+    arr = np.asarray(pixels, dtype=np.uint16)
+    ds.Rows, ds.Columns = arr.shape[-2:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if slope is not None:
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept or 0
+    if with_pixels:
+        if transfer_syntax is not None:
+            from pydicom.encaps import encapsulate
+
+            ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64])
+        else:
+            ds.PixelData = arr.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def realdata(name: str) -> Path:
+    """A file in ../shared/data, or skip the test cleanly when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data not available: {path}")
+    return path

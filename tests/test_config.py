@@ -1,0 +1,56 @@
+"""Audit configuration: TOML, unknown keys with suggestions, type checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from privaudit.checks.copies import CopiesOptions
+from privaudit.config import AuditConfig
+from privaudit.errors import ConfigError
+
+
+def test_defaults_and_round_trip(tmp_path):
+    cfg = AuditConfig()
+    assert cfg.to_dict() == {
+        "seed": 0,
+        "embedder": "pixels",
+        "checks": ["copies"],
+        "max_skipped": 0.05,
+        "batch_size": 256,
+        "check_options": {"copies": {"alpha": 0.01, "near_duplicate_similarity": None}},
+    }
+    path = tmp_path / "c.toml"
+    path.write_text('seed = 4\nchecks = ["copies"]\n[copies]\nalpha = 0.05\nnear_duplicate_similarity = 1\n')
+    cfg = AuditConfig.from_toml(path)
+    assert cfg.seed == 4 and cfg.options_for("copies") == CopiesOptions(alpha=0.05, near_duplicate_similarity=1.0)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"sed": 1}, "unknown key 'sed' \\(did you mean 'seed'\\?\\)"),
+        ({"seed": "1"}, "seed: expected int; got text '1'"),
+        ({"seed": True}, "seed: expected int; got boolean"),
+        ({"checks": "copies"}, "checks: expected a list"),
+        ({"checks": ["copis"]}, "unknown check 'copis' \\(did you mean 'copies'\\?\\)"),
+        ({"checks": []}, "no checks selected"),
+        ({"checks": ["copies", "copies"]}, "listed twice"),
+        ({"embedder": "pixel"}, "unknown embedder 'pixel' \\(did you mean 'pixels'\\?\\)"),
+        ({"max_skipped": 2}, "max_skipped must lie in \\[0, 1\\]"),
+        ({"copies": {"alpah": 0.1}}, "unknown key 'alpah' \\(did you mean 'alpha'\\?\\)"),
+        ({"copies": {"alpha": 1.5}}, "copies.alpha must lie in \\(0, 1\\)"),
+        ({"copies": {"alpha": "x"}}, "alpha: expected float; got text"),
+        ({"copies": 3}, "expected a table"),
+    ],
+    ids=["typo", "str-int", "bool-int", "not-list", "check-typo", "no-checks", "dup-check", "embedder-typo", "range", "option-typo", "option-range", "option-type", "not-table"],
+)
+def test_bad_configs(data, message):
+    with pytest.raises(ConfigError, match=message):
+        AuditConfig.from_dict(data)
+
+
+def test_bad_toml_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("seed = \n")
+    with pytest.raises(ConfigError, match="config file .* is not valid TOML"):
+        AuditConfig.from_toml(path)

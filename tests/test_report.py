@@ -1,0 +1,82 @@
+"""The HTML report: self-contained, escaped, honest about holding patient images."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from privaudit.data import ImageSet
+from privaudit.pipeline import audit
+from privaudit.reports import render_html
+
+
+@pytest.fixture(scope="module")
+def leaky_html(leaky_result, study) -> str:
+    return render_html(leaky_result, images={"train": study.train, "synthetic": study.leaky, "holdout": study.holdout})
+
+
+def test_report_has_verdict_banner_and_thumbnails(leaky_html, leaky_result):
+    assert "This report contains patient images" in leaky_html
+    assert "<title>privaudit report: FAIL</title>" in leaky_html
+    n = leaky_result.checks["copies"].n_flagged
+    assert leaky_html.count('src="data:image/png;base64,') == 2 * n
+    assert f"Flagged pairs ({n})" in leaky_html
+    for reason in leaky_result.verdict.reasons:
+        assert reason.message in leaky_html
+
+
+def test_report_makes_no_external_requests(leaky_html):
+    # Every src/href is a data: URI or an in-page anchor; no scripts, no external stylesheets.
+    for attr in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', leaky_html):
+        assert attr.startswith(("data:", "#")), attr
+    assert "<script" not in leaky_html.lower()
+    assert "@import" not in leaky_html and "url(" not in leaky_html
+
+
+def test_report_without_images_lists_ids_and_drops_the_banner(leaky_result):
+    html = render_html(leaky_result, images=None)
+    assert "data:image" not in html and "This report contains patient images" not in html
+    first = leaky_result.checks["copies"].flagged[0]
+    assert first.synthetic_id in html and first.train_id in html
+
+
+def test_ids_are_escaped(study):
+    hostile = '<script>alert("x")</script>.png'
+    synthetic = ImageSet(images=(study.train.images[0],), ids=(hostile,), source="hostile")
+    result = audit(study.train, synthetic, study.holdout)
+    html = render_html(result, images={"train": study.train, "synthetic": synthetic})
+    assert hostile not in html and "&lt;script&gt;" in html
+
+
+def test_skipped_files_are_listed(study_files, tmp_path):
+    holdout_dir = study_files["holdout"].parent / "holdout"
+    folder = tmp_path / "holdout"
+    shutil.copytree(holdout_dir, folder)
+    (folder / "zzz_broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    audit(study_files["train"], study_files["clean"], folder, out=out)
+    html = (out / "report.html").read_text()
+    assert "Skipped files in holdout (1)" in html and "zzz_broken.png" in html and "not a recognised image" in html
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(leaky_html, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test installs it where apt-get is available)")
+    page = tmp_path / "report.html"
+    page.write_text(leaky_html)
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run([browser, *flags, "--window-size=1200,3000", f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True, timeout=120)
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.size == (1200, 3000)
+        grey = np.asarray(img.convert("L"))
+    # A rendered page, not a blank one: many distinct grey levels (thumbnails, text).
+    assert len(np.unique(grey)) > 50

@@ -1,0 +1,93 @@
+"""results.json: the schema, determinism, and what it never contains."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from privaudit.config import AuditConfig
+from privaudit.pipeline import audit
+from privaudit.results import results_schema
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = results_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_every_result_validates(validator, leaky_result, clean_result, study):
+    results = [
+        leaky_result,
+        clean_result,
+        audit(study.train, study.leaky),  # no holdout: fallback null
+        audit(study.train, study.leaky, study.holdout.subset(range(20))),  # not assessed
+    ]
+    for result in results:
+        validator.validate(json.loads(result.to_json()))
+
+
+def test_schema_is_strict(validator, leaky_result):
+    data = json.loads(leaky_result.to_json())
+    for mutate in (
+        lambda d: d.update(surprise=1),
+        lambda d: d["checks"]["copies"].update(surprise=1),
+        lambda d: d["checks"]["copies"]["flagged"][0].update(sha256="00"),
+        lambda d: d["inputs"]["train"].update(n_images=0),
+        lambda d: d["verdict"].update(status="maybe"),
+    ):
+        broken = copy.deepcopy(data)
+        mutate(broken)
+        assert not validator.is_valid(broken)
+
+
+def test_not_assessed_figures_are_null_not_nan(study):
+    result = audit(study.train, study.leaky, study.holdout.subset(range(20)))
+    text = result.to_json()
+    assert "NaN" not in text
+    data = json.loads(text)
+    assert data["checks"]["copies"]["metrics"]["excess_flag_rate"]["value"] is None
+    assert data["checks"]["copies"]["status"] == "not_assessed"
+
+
+def test_same_seed_gives_the_same_results_json(study_files, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        audit(study_files["train"], study_files["leaky"], study_files["holdout"], out=tmp_path / name)
+        data = json.loads((tmp_path / name / "results.json").read_text())
+        data.pop("created_at")
+        runs.append(data)
+    assert runs[0] == runs[1]
+    assert runs[0]["checks"]["copies"]["n_flagged"] > 0
+
+
+def test_seed_and_config_are_recorded(study):
+    result = audit(study.train, study.clean, study.holdout, config=AuditConfig(seed=7))
+    data = result.to_dict()
+    assert data["seed"] == 7 and data["config"]["seed"] == 7
+    assert data["config"]["check_options"]["copies"]["alpha"] == 0.01
+    assert data["embedder"]["name"] == "pixels" and len(data["embedder"]["fingerprint"]) == 16
+    assert set(data["environment"]) >= {"python", "numpy", "torch", "faiss"}
+
+
+def test_only_one_hash_per_set_never_per_image(leaky_result, study):
+    text = leaky_result.to_json()
+    data = json.loads(text)
+    hashes = {v["content_sha256"] for v in data["inputs"].values()}
+    assert len(hashes) == 3
+    per_image = {d.hex() for d in study.train.pixel_digests[:50]}
+    assert not any(h in text for h in per_image)
+
+
+def test_flagged_pairs_name_ids_and_similarity(leaky_result):
+    flagged = leaky_result.to_dict()["checks"]["copies"]["flagged"]
+    first = flagged[0]
+    assert set(first) == {"synthetic_id", "train_id", "train_patient_id", "similarity", "p_value"}
+    assert first["synthetic_id"].startswith("synthetic/") and first["train_id"].startswith("train/")
+    sims = [f["similarity"] for f in flagged]
+    assert np.all(np.isfinite(sims))

@@ -1,0 +1,81 @@
+"""FAISS search against the numpy brute-force reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from privaudit.errors import InputError
+from privaudit.search import knn, knn_excluding_self, knn_reference
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n_queries, n_base, d, k", [(1, 5, 3, 1), (50, 200, 16, 5), (300, 1000, 64, 10)])
+def test_faiss_matches_numpy(n_queries, n_base, d, k):
+    rng = np.random.default_rng(n_base)
+    q, b = _unit(rng, n_queries, d), _unit(rng, n_base, d)
+    fast, slow = knn(q, b, k=k), knn_reference(q, b, k=k)
+    # float32 dot products vs float64: agree to a few float32 ulps.
+    np.testing.assert_allclose(fast.similarities, slow.similarities, atol=1e-5)
+    # Random continuous data has no ties, so the neighbours themselves must agree.
+    np.testing.assert_array_equal(fast.indices, slow.indices)
+    assert fast.indices.dtype == np.int64 and fast.similarities.dtype == np.float32
+
+
+def test_results_do_not_depend_on_chunking():
+    rng = np.random.default_rng(3)
+    q, b = _unit(rng, 103, 8), _unit(rng, 400, 8)
+    whole = knn(q, b, k=4)
+    for chunk in (1, 7, 50, 1000):
+        part = knn(q, b, k=4, chunk_size=chunk)
+        np.testing.assert_array_equal(part.indices, whole.indices)
+        np.testing.assert_allclose(part.similarities, whole.similarities, atol=1e-6)
+
+
+def test_exact_duplicates_are_found_with_similarity_one():
+    rng = np.random.default_rng(4)
+    b = _unit(rng, 100, 32)
+    nb = knn(b[[7, 42]], b, k=1)
+    assert nb.indices.ravel().tolist() == [7, 42]
+    np.testing.assert_allclose(nb.similarities, 1.0, atol=1e-6)
+
+
+def _slow_excluding(x: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    sims = x.astype(np.float64) @ x.astype(np.float64).T
+    out = np.full((len(x), k), -np.inf)
+    for i in range(len(x)):
+        allowed = sorted((s for j, s in enumerate(sims[i]) if groups[j] != groups[i]), reverse=True)[:k]
+        out[i, : len(allowed)] = allowed
+    return out
+
+
+def test_leave_one_group_out_matches_brute_force():
+    rng = np.random.default_rng(5)
+    x = _unit(rng, 60, 8)
+    groups = rng.integers(0, 12, size=60)
+    nb = knn_excluding_self(x, k=3, groups=groups)
+    np.testing.assert_allclose(nb.similarities, _slow_excluding(x, groups, 3), atol=1e-5)
+    for i, row in enumerate(nb.indices):
+        assert all(groups[j] != groups[i] for j in row if j >= 0)
+    solo = knn_excluding_self(x, k=2)
+    np.testing.assert_allclose(solo.similarities, _slow_excluding(x, np.arange(60), 2), atol=1e-5)
+
+
+def test_one_group_has_no_admissible_neighbour():
+    x = _unit(np.random.default_rng(6), 4, 3)
+    nb = knn_excluding_self(x, k=1, groups=np.zeros(4))
+    assert np.isneginf(nb.similarities).all() and (nb.indices == -1).all()
+
+
+@pytest.mark.parametrize(
+    "q_shape, b_shape, k, message",
+    [((3,), (4, 3), 1, "got \\(3,\\) for queries"), ((2, 3), (4, 5), 1, "dimension 3 but base has 5"), ((2, 3), (4, 3), 5, "k must lie in \\[1, 4\\]"), ((2, 3), (0, 3), 1, "base set is empty")],
+    ids=["rank", "dim", "k", "empty"],
+)
+def test_bad_arguments(q_shape, b_shape, k, message):
+    with pytest.raises(InputError, match=message):
+        knn(np.zeros(q_shape, np.float32), np.zeros(b_shape, np.float32), k=k)
