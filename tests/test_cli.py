@@ -18,7 +18,7 @@ CASES = [
     # id, argv, exit code, text expected on stderr (or stdout for exit 0/1)
     ("leaky-fails", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--holdout", "{holdout}", "--out", "{tmp}/o"], 1, "verdict: FAIL"),
     ("clean-passes", ["audit", "--train", "{train}", "--synthetic", "{clean}", "--holdout", "{holdout}", "--out", "{tmp}/o"], 0, "verdict: PASS"),
-    ("no-holdout", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--out", "{tmp}/o"], 1, "training leave one patient out"),
+    ("no-holdout", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--out", "{tmp}/o"], 1, "a weaker within-training estimate (no holdout)"),
     ("missing-train", ["audit", "--synthetic", "{leaky}"], 2, "the following arguments are required: --train"),
     ("bad-seed", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--seed", "-3"], 2, "expected a non-negative integer"),
     ("bad-max-skipped", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--max-skipped", "2"], 2, "expected a number in [0, 1]"),

@@ -24,6 +24,8 @@ def test_wheel_contains_package_data(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in (
         "privaudit/reports/templates/report.html.j2",
+        "privaudit/reports/templates/checks/copies.html.j2",
+        "privaudit/reports/templates/checks/_generic.html.j2",
         "privaudit/schemas/results.schema.json",
         "privaudit/policies/default.toml",
         "privaudit/py.typed",

@@ -214,13 +214,8 @@ def summarize(result: Any, *, out: str | None = None, indent: str = "") -> str:
     lines = [f"{indent}verdict: {result.verdict.status.value.upper()}"]
     for reason in result.verdict.reasons:
         lines.append(f"{indent}  - {reason.message}")
-    copies = result.checks.get("copies")
-    if copies is not None and copies.status.value == "assessed":
-        lines.append(
-            f"{indent}copies: {copies.n_flagged} of {copies.n_synthetic} synthetic images flagged at alpha "
-            f"{copies.alpha:g} (about {copies.alpha_attainable * copies.n_synthetic:.1f} expected by chance; "
-            f"null: {copies.null.n} {copies.null.source.replace('_', ' ')} scores)"
-        )
+    for name, check in result.checks.items():
+        lines.append(f"{indent}{name}: {check.summary}")
     for role, summary in result.inputs.items():
         if summary.n_skipped:
             lines.append(f"{indent}{role}: {summary.n_skipped} file(s) skipped (listed in the report)")

@@ -89,10 +89,12 @@ def audit(
         check = CHECKS.get(name)()
         missing = [role for role in check.requires if sets.get(role) is None]
         if missing:
+            reason = f"needs --{' and --'.join(missing)}"
             checks[name] = CheckResult(
                 check=name,
                 status=CheckStatus.NOT_ASSESSED,
-                reason=f"needs --{' and --'.join(missing)}",
+                reason=reason,
+                summary=f"{check.title}: not assessed ({reason}).",
                 metrics={m: Metric(None, 0, direction=spec.direction) for m, spec in check.metrics.items()},
             )
             continue

@@ -74,13 +74,24 @@ class CheckStatus(str, Enum):
 
 @dataclass(frozen=True)
 class CheckResult:
-    """Fields every check result has; each check subclasses it with its details."""
+    """Fields every check result has; each check subclasses it with its details.
+
+    Attributes:
+        check: the check's name.
+        status: whether it could measure what it is for.
+        reason: why not, when it could not.
+        metrics: the figures a policy can set levels on.
+        warnings: caveats a reader must see next to the figures.
+        summary: one or two plain-language sentences a non-specialist can read aloud; the
+            terminal summary and the report use it.
+    """
 
     check: str
     status: CheckStatus
     reason: str | None
     metrics: Mapping[str, Metric]
     warnings: tuple[str, ...] = ()
+    summary: str = ""
 
 
 @dataclass(frozen=True)

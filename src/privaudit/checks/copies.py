@@ -191,6 +191,7 @@ class CopiesCheck(Check):
             return CopiesResult(
                 status=CheckStatus.NOT_ASSESSED,
                 reason=reason,
+                summary=f"The copy check could not be assessed: {reason}.",
                 metrics={name: Metric(None, m, direction=spec.direction) for name, spec in self.metrics.items()},
                 threshold=None,
                 n_flagged=0,
@@ -220,9 +221,11 @@ class CopiesCheck(Check):
         lo, hi = clopper_pearson(k, m)
         rate = k / m
         copied = {int(nearest[i]) for i in flagged_idx}
+        n_patients = len({train_pids[i] for i in copied}) if train_pids else None
         return CopiesResult(
             status=CheckStatus.ASSESSED,
             reason=None,
+            summary=_summary(k, m, alpha_att, len(copied), n_patients, source),
             metrics={
                 "excess_flag_rate": Metric(rate - alpha_att, m, lo - alpha_att, hi - alpha_att),
                 "flagged_rate": Metric(rate, m, lo, hi),
@@ -231,10 +234,22 @@ class CopiesCheck(Check):
             n_flagged=k,
             n_above_null_max=n_above_max,
             n_train_images_copied=len(copied),
-            n_train_patients_copied=len({train_pids[i] for i in copied}) if train_pids else None,
+            n_train_patients_copied=n_patients,
             flagged=flagged,
             **common,
         )
+
+
+def _summary(k: int, m: int, alpha_att: float, n_images: int, n_patients: int | None, source: str) -> str:
+    against = "real images of patients the generator never saw" if source == "holdout" else "a weaker within-training estimate (no holdout)"
+    text = (
+        f"{k} of {m} synthetic images ({k / m:.1%}) are more similar to a training image than "
+        f"{against} are at the chosen level; about {alpha_att * m:.1f} would be by chance alone."
+    )
+    if k:
+        whose = f" of {n_patients} patient{'s' * (n_patients != 1)}" if n_patients is not None else ""
+        text += f" They resemble {n_images} distinct training image{'s' * (n_images != 1)}{whose}."
+    return text
 
 
 def _holdout_null(ctx: AuditContext, near_dup: float) -> tuple[np.ndarray, list[DuplicatePair], str]:

@@ -31,6 +31,10 @@ def render_html(result: AuditResult, *, images: Mapping[str, ImageSet] | None = 
         result: the audit result.
         images: the audited image sets by role, for thumbnails of flagged pairs; without them
             the pairs are listed by id only.
+
+    Each check's section comes from ``templates/checks/<name>.html.j2`` (or a generic table of
+    its metrics), rendered with ``c`` (its result as a dict), ``title``, and ``thumb(role, id)``,
+    which gives a thumbnail ``data:`` URI or ``None``.
     """
     import jinja2
 
@@ -45,23 +49,10 @@ def render_html(result: AuditResult, *, images: Mapping[str, ImageSet] | None = 
     env.filters["pct"] = _pct
     template = env.get_template("report.html.j2")
     data = result.to_dict()
-    thumbs = _Thumbnails(images or {})
-    copies = data["checks"].get("copies")
-    pairs = []
-    if copies is not None:
-        for item in copies.get("flagged", [])[:MAX_PAIRS_SHOWN]:
-            pairs.append(
-                {
-                    **item,
-                    "synthetic_src": thumbs.get("synthetic", item["synthetic_id"]),
-                    "train_src": thumbs.get("train", item["train_id"]),
-                }
-            )
     return template.render(
         r=data,
         has_images=bool(images),
-        copies=copies,
-        pairs=pairs,
+        thumb=_Thumbnails(images or {}).get,
         max_pairs=MAX_PAIRS_SHOWN,
         max_skipped=MAX_SKIPPED_SHOWN,
         config_json=json.dumps(data["config"], indent=2),
@@ -76,18 +67,21 @@ def _check_titles() -> dict[str, str]:
 
 
 class _Thumbnails:
+    """Thumbnails on demand, each image encoded once."""
+
     def __init__(self, images: Mapping[str, ImageSet]) -> None:
         self._images = images
+        self._done: dict[tuple[str, str], str | None] = {}
 
     def get(self, role: str, image_id: str) -> str | None:
-        images = self._images.get(role)
-        if images is None:
-            return None
-        try:
-            img = images.images[images.index_of(image_id)]
-        except KeyError:
-            return None
-        return thumbnail_data_uri(img)
+        key = (role, image_id)
+        if key not in self._done:
+            images = self._images.get(role)
+            try:
+                self._done[key] = None if images is None else thumbnail_data_uri(images.images[images.index_of(image_id)])
+            except KeyError:
+                self._done[key] = None
+        return self._done[key]
 
 
 def thumbnail_data_uri(image: np.ndarray, *, side: int = THUMBNAIL_SIDE) -> str:
