@@ -13,7 +13,7 @@ def test_defaults_and_round_trip(tmp_path):
     cfg = AuditConfig()
     assert cfg.to_dict() == {
         "seed": 0,
-        "embedder": "pixels",
+        "embedders": ["pixels"],
         "checks": ["copies"],
         "max_skipped": 0.05,
         "batch_size": 256,
@@ -35,7 +35,7 @@ def test_defaults_and_round_trip(tmp_path):
         ({"checks": ["copis"]}, "unknown check 'copis' \\(did you mean 'copies'\\?\\)"),
         ({"checks": []}, "no checks selected"),
         ({"checks": ["copies", "copies"]}, "listed twice"),
-        ({"embedder": "pixel"}, "unknown embedder 'pixel' \\(did you mean 'pixels'\\?\\)"),
+        ({"embedders": ["pixel"]}, "unknown embedder 'pixel' \\(did you mean 'pixels'\\?\\)"),
         ({"max_skipped": 2}, "max_skipped must lie in \\[0, 1\\]"),
         ({"copies": {"alpah": 0.1}}, "unknown key 'alpah' \\(did you mean 'alpha'\\?\\)"),
         ({"copies": {"alpha": 1.5}}, "copies.alpha must lie in \\(0, 1\\)"),

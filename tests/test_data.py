@@ -112,8 +112,9 @@ def test_jpeg_bmp_and_tiff(tmp_path):
         ("truncated.png", png_bytes(RAMP8)[:60], "corrupt or truncated"),
         ("truncated.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 40, "corrupt|not a recognised"),
         ("truncated.tif", b"II*\x00" + b"\x00" * 10, "TIFF"),
+        ("truncated.bmp", b"BM" + b"\x00" * 30, "corrupt|not a recognised"),
     ],
-    ids=["zero-bytes", "text-as-png", "truncated-png", "truncated-jpeg", "truncated-tiff"],
+    ids=["zero-bytes", "text-as-png", "truncated-png", "truncated-jpeg", "truncated-tiff", "truncated-bmp"],
 )
 def test_corrupt_files_raise_unreadable(tmp_path, name, data, reason):
     path = tmp_path / name

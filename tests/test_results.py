@@ -71,7 +71,7 @@ def test_seed_and_config_are_recorded(study):
     data = result.to_dict()
     assert data["seed"] == 7 and data["config"]["seed"] == 7
     assert data["config"]["check_options"]["copies"]["alpha"] == 0.01
-    assert data["embedder"]["name"] == "pixels" and len(data["embedder"]["fingerprint"]) == 16
+    assert [e["name"] for e in data["embedders"]] == ["pixels"] and len(data["embedders"][0]["fingerprint"]) == 16
     assert set(data["environment"]) >= {"python", "numpy", "torch", "faiss"}
 
 

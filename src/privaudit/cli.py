@@ -77,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--policy", metavar="FILE", help="policy TOML file (default: the shipped default policy)")
     a.add_argument("--config", metavar="FILE", help="audit configuration TOML file; options below override it")
     a.add_argument("--checks", metavar="LIST", help="comma-separated checks to run (default: copies)")
-    a.add_argument("--embedder", metavar="NAME", help="embedding space for the checks (default: pixels)")
+    a.add_argument(
+        "--embedder",
+        metavar="NAME[,NAME]",
+        help="embedding space(s) of the checks, the first the primary one (default: pixels)",
+    )
     a.add_argument("--seed", type=_nonneg_int, metavar="N", help="random seed (default: 0)")
     a.add_argument(
         "--max-skipped",
@@ -194,7 +198,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.embedder is not None:
-        overrides["embedder"] = args.embedder
+        overrides["embedders"] = tuple(e.strip() for e in args.embedder.split(",") if e.strip())
     if args.checks is not None:
         overrides["checks"] = tuple(c.strip() for c in args.checks.split(",") if c.strip())
     if args.max_skipped is not None:

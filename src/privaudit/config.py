@@ -3,7 +3,7 @@
 A configuration file (``--config``) looks like this; every key is optional::
 
     seed = 0
-    embedder = "pixels"
+    embedders = ["pixels"]   # the first is the primary space of the checks
     checks = ["copies"]
     max_skipped = 0.05
 
@@ -121,7 +121,9 @@ class AuditConfig:
 
     Attributes:
         seed: seeds every random choice; the same inputs and seed give the same result.
-        embedder: the embedding space the checks run in (see ``privaudit.embed``).
+        embedders: the embedding spaces of the audit, by embedder name (see
+            ``privaudit.embed``); the first is the primary space the checks run in, unless a
+            check's options name another.
         checks: the checks to run, by name.
         max_skipped: share of undecodable files tolerated per input before it is refused.
         batch_size: images per embedding batch (results do not depend on it).
@@ -134,7 +136,7 @@ class AuditConfig:
     """
 
     seed: int = 0
-    embedder: str = "pixels"
+    embedders: tuple[str, ...] = ("pixels",)
     checks: tuple[str, ...] = ("copies",)
     max_skipped: float = 0.05
     batch_size: int = 256
@@ -150,7 +152,12 @@ class AuditConfig:
             CHECKS.get(name)  # raises with did-you-mean
         if len(set(self.checks)) != len(self.checks):
             raise ConfigError(f"a check is listed twice in {', '.join(self.checks)}")
-        EMBEDDERS.get(self.embedder)
+        if not self.embedders:
+            raise ConfigError("no embedder selected; available: " + ", ".join(EMBEDDERS.names()))
+        for name in self.embedders:
+            EMBEDDERS.get(name)
+        if len(set(self.embedders)) != len(self.embedders):
+            raise ConfigError(f"an embedder is listed twice in {', '.join(self.embedders)}")
         if not 0.0 <= self.max_skipped <= 1.0:
             raise ConfigError(f"max_skipped must lie in [0, 1]; got {self.max_skipped}")
         if self.batch_size < 1:
@@ -207,3 +214,14 @@ class AuditConfig:
         }
         out["check_options"] = {name: to_jsonable(self.options_for(name)) for name in self.checks}
         return out
+
+    def spaces_needed(self) -> tuple[str, ...]:
+        """Every embedding space the selected checks need, the primary one first."""
+        from privaudit.checks import CHECKS
+
+        needed = list(self.embedders[:1])
+        for name in self.checks:
+            for space in CHECKS.get(name)().spaces(self.options_for(name), self.embedders):
+                if space not in needed:
+                    needed.append(space)
+        return tuple(needed)

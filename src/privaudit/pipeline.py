@@ -81,7 +81,7 @@ def audit(
         train=sets["train"],
         synthetic=sets["synthetic"],
         holdout=sets["holdout"],
-        space=_embed(sets, config),
+        spaces={name: _embed(name, sets, config) for name in config.spaces_needed()},
         seed=config.seed,
     )
     checks: dict[str, CheckResult] = {}
@@ -109,7 +109,7 @@ def audit(
         config=config.to_dict(),
         environment=environment(),
         inputs={role: s.summary(role) for role, s in sets.items() if s is not None},
-        embedder=ctx.space.info,
+        embedders=tuple(space.info for space in ctx.spaces.values()),
         checks=checks,
         verdict=policy.evaluate(checks),
         warnings=tuple(warnings),
@@ -149,11 +149,11 @@ def _validate_roles(train: ImageSet, holdout: ImageSet | None) -> list[str]:
     return warnings
 
 
-def _embed(sets: Mapping[str, ImageSet | None], config: AuditConfig) -> EmbeddedSets:
+def _embed(name: str, sets: Mapping[str, ImageSet | None], config: AuditConfig) -> EmbeddedSets:
     import numpy as np
     import torch
 
-    embedder = get_embedder(config.embedder)
+    embedder = get_embedder(name)
     if embedder.requires_fit:
         generator = torch.Generator().manual_seed(config.seed)
         embedder.fit(sets["train"], rng=np.random.default_rng(config.seed), generator=generator)  # type: ignore[arg-type]

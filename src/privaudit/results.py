@@ -37,7 +37,7 @@ class AuditResult:
         config: the full configuration, defaults filled in.
         environment: versions of Python and the numeric libraries.
         inputs: one summary per input role (``train``, ``synthetic``, ``holdout``).
-        embedder: the embedding space the checks ran in.
+        embedders: the embedding spaces the checks ran in, the primary one first.
         checks: one result per check, keyed by name.
         verdict: the policy's decision.
         warnings: audit-level caveats (checks add their own).
@@ -50,7 +50,7 @@ class AuditResult:
     config: Mapping[str, Any]
     environment: Mapping[str, str]
     inputs: Mapping[str, InputSummary]
-    embedder: EmbedderInfo
+    embedders: tuple[EmbedderInfo, ...]
     checks: Mapping[str, CheckResult]
     verdict: Verdict
     warnings: tuple[str, ...] = ()

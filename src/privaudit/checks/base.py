@@ -116,6 +116,12 @@ class EmbeddedSets:
 class AuditContext:
     """Everything a check needs, prepared once by the orchestrator.
 
+    Attributes:
+        train, synthetic, holdout: the image sets (``holdout`` may be ``None``).
+        spaces: the embeddings of every set in each embedding space, keyed by embedder name,
+            the audit's primary space first.
+        seed: the audit seed (use :meth:`rng` and :meth:`torch_generator`, not the seed).
+
     Neighbour searches go through :meth:`neighbors`, which remembers them, so that checks that
     need the same search share one.
     """
@@ -123,9 +129,18 @@ class AuditContext:
     train: ImageSet
     synthetic: ImageSet
     holdout: ImageSet | None
-    space: EmbeddedSets
+    spaces: Mapping[str, EmbeddedSets]
     seed: int
-    _knn_cache: dict[tuple[str, str], Neighbors] = field(default_factory=dict, repr=False)
+    _knn_cache: dict[tuple[str, str, str], Neighbors] = field(default_factory=dict, repr=False)
+
+    @property
+    def space(self) -> EmbeddedSets:
+        """The primary embedding space (the first configured embedder)."""
+        return next(iter(self.spaces.values()))
+
+    def space_of(self, embedder: str | None = None) -> EmbeddedSets:
+        """The space of ``embedder``, or the primary one."""
+        return self.space if embedder is None else self.spaces[embedder]
 
     def images(self, role: str) -> ImageSet:
         """The image set of ``"train"``, ``"synthetic"`` or ``"holdout"``."""
@@ -134,12 +149,14 @@ class AuditContext:
             raise KeyError(f"no {role} set in this audit")
         return value
 
-    def neighbors(self, query: str, base: str, *, k: int = 1) -> Neighbors:
-        """k nearest ``base`` images of every ``query`` image (roles), computed at most once."""
-        key = (query, base)
+    def neighbors(self, query: str, base: str, *, k: int = 1, embedder: str | None = None) -> Neighbors:
+        """k nearest ``base`` images of every ``query`` image (roles), in the space of
+        ``embedder`` (default: primary), computed at most once per audit."""
+        space = self.space_of(embedder)
+        key = (space.info.name, query, base)
         cached = self._knn_cache.get(key)
         if cached is None or cached.k < k:
-            cached = knn(self.space.of(query), self.space.of(base), k=k)
+            cached = knn(space.of(query), space.of(base), k=k)
             self._knn_cache[key] = cached
         return cached.first(k)
 
@@ -171,6 +188,14 @@ class Check(ABC):
     metrics: ClassVar[Mapping[str, MetricSpec]]
     #: Input roles the check cannot run without.
     requires: ClassVar[tuple[str, ...]] = ("train", "synthetic")
+
+    def spaces(self, options: Any, configured: tuple[str, ...]) -> tuple[str, ...]:
+        """The embedding spaces the check needs, given the audit's configured ones.
+
+        By default the primary space; a check whose options name an embedder returns that one.
+        The orchestrator embeds every set once in the union of what the checks need.
+        """
+        return configured[:1]
 
     @abstractmethod
     def run(self, ctx: AuditContext, options: Any) -> CheckResult:

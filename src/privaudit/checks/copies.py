@@ -103,6 +103,7 @@ class NullSummary:
 class CopiesResult(CheckResult):
     """Result of the ``copies`` check (see the module docstring)."""
 
+    embedder: str
     alpha: float
     alpha_attainable: float
     threshold: float | None
@@ -173,6 +174,7 @@ class CopiesCheck(Check):
         alpha_att = attainable_level(options.alpha, n) if n else 0.0
         common = dict(
             check=self.name,
+            embedder=ctx.space.info.name,
             warnings=tuple(warnings),
             alpha=options.alpha,
             alpha_attainable=alpha_att,
