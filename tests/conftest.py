@@ -13,6 +13,16 @@ from privaudit.pipeline import audit
 from privaudit.results import AuditResult
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test's default embedding cache is a fresh folder, never the user's own."""
+    import os
+
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["PRIVAUDIT_CACHE_DIR"] = str(path)
+    return path
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # The tiny profile: a few dozen patients at 32 px. 30 holdout patients x 4 scans = 120 null

@@ -102,14 +102,21 @@ def test_version_and_help(capsys):
 
 
 def test_every_command_and_option_has_help():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name, command in sub.choices.items():
-        assert command.description, name
-        assert any(c.dest == name and c.help for c in sub._choices_actions), name
-        for action in command._actions:
-            if action.dest != "help":
-                assert action.help, f"{name} {action.option_strings}"
+    import argparse
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> int:
+        seen = 0
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, command in action.choices.items():
+                    assert command.description, f"{path} {name}"
+                    assert any(c.dest == name and c.help for c in action._choices_actions), f"{path} {name}"
+                    seen += 1 + walk(command, f"{path} {name}")
+            if action.dest != "help" and path != "privaudit":
+                assert action.help, f"{path} {action.option_strings}"
+        return seen
+
+    assert walk(build_parser(), "privaudit") >= 7  # audit, demo, embed, embedders, cache, purge, path
 
 
 def test_python_dash_m_works_like_the_script():

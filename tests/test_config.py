@@ -17,7 +17,9 @@ def test_defaults_and_round_trip(tmp_path):
         "checks": ["copies"],
         "max_skipped": 0.05,
         "batch_size": 256,
+        "device": "cpu",
         "check_options": {"copies": {"alpha": 0.01, "near_duplicate_similarity": None}},
+        "embedder_options": {},
     }
     path = tmp_path / "c.toml"
     path.write_text('seed = 4\nchecks = ["copies"]\n[copies]\nalpha = 0.05\nnear_duplicate_similarity = 1\n')

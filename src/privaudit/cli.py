@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FRACTION",
         help="largest share of undecodable files per input before it is refused (default: 0.05)",
     )
+    _cache_options(a)
     a.add_argument("--out", default="privaudit-out", metavar="DIR", help="output folder (default: privaudit-out)")
     a.add_argument("--force", action="store_true", help="write into a non-empty --out (replaces only results.json and report.html)")
     a.add_argument(
@@ -110,7 +111,56 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="write into a non-empty --out")
     d.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help="random seed (default: 0)")
     _common(d)
+
+    e = sub.add_parser(
+        "embed",
+        help="export the embeddings of a set of images",
+        description="Embed a set of images with one embedder and write the vectors to an .npy file "
+        "(one unit-length float32 row per image, in the order of the image ids, which are written "
+        "next to it as FILE.ids.txt). Embedders that learn from the audit's images are fitted on --fit-on.",
+    )
+    e.add_argument("input", metavar="INPUT", help="a folder of images, an .npy/.npz array file or a .csv manifest")
+    e.add_argument("--embedder", required=True, metavar="NAME", help="the embedder (see 'privaudit embedders')")
+    e.add_argument("--out", required=True, metavar="FILE.npy", help="where to write the vectors (refused if it exists, unless --force)")
+    e.add_argument("--fit-on", metavar="PATH", help="training images to fit a learned embedder on (copydetect)")
+    e.add_argument("--config", metavar="FILE", help="configuration TOML with [embedder_options.<name>] tables")
+    e.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help="seed of a learned embedder's fit (default: 0)")
+    e.add_argument("--force", action="store_true", help="replace an existing --out file")
+    _cache_options(e)
+    _common(e)
+
+    ls = sub.add_parser(
+        "embedders",
+        help="list the available embedders",
+        description="List the available embedders with their dimension, input and fingerprint.",
+    )
+    _common(ls)
+
+    c = sub.add_parser("cache", help="manage the embedding cache", description="Manage the on-disk embedding cache.")
+    csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser, required=True, help="purge or path")
+    purge = csub.add_parser(
+        "purge",
+        help="delete every cached embedding and fitted model",
+        description="Delete every cached embedding and fitted model under the cache folder "
+        "(only privaudit's own 'embeddings' and 'models' subfolders).",
+    )
+    purge.add_argument("--cache-dir", metavar="DIR", help="the cache folder (default: the user's private privaudit cache)")
+    _common(purge)
+    where = csub.add_parser("path", help="print the cache folder", description="Print the cache folder that would be used.")
+    where.add_argument("--cache-dir", metavar="DIR", help="the cache folder (default: the user's private privaudit cache)")
+    _common(where)
     return parser
+
+
+def _cache_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="embedding cache folder (default: $PRIVAUDIT_CACHE_DIR or the user's private cache folder); "
+        "it holds patient-derived data and is created readable by its owner only",
+    )
+    p.add_argument("--no-cache", action="store_true", help="embed everything afresh and store nothing")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda", help="where models run (default: cpu)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -152,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         _configure_logging(verbose=args.verbose, debug=args.debug)
-        return {"audit": _cmd_audit, "demo": _cmd_demo}[args.command](args)
+        commands = {"audit": _cmd_audit, "demo": _cmd_demo, "embed": _cmd_embed, "embedders": _cmd_embedders, "cache": _cmd_cache}
+        return commands[args.command](args)
     except PrivauditError as exc:
         if debug:
             traceback.print_exc()
@@ -203,10 +254,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         overrides["checks"] = tuple(c.strip() for c in args.checks.split(",") if c.strip())
     if args.max_skipped is not None:
         overrides["max_skipped"] = args.max_skipped
+    if args.device != "cpu":
+        overrides["device"] = args.device
+    if overrides:
+        config = config.replace(**overrides)
     if overrides:
         config = config.replace(**overrides)
     policy = Policy.from_toml(args.policy) if args.policy else Policy.default()
-    result = audit(args.train, args.synthetic, args.holdout, config=config, policy=policy, out=args.out, force=args.force)
+    result = audit(
+        args.train, args.synthetic, args.holdout, config=config, policy=policy, out=args.out, force=args.force, cache=_cache_arg(args)
+    )
     print(summarize(result, out=args.out))
     status = result.verdict.status.value
     failed = status == "fail" or (status == "warn" and args.fail_on == "warn")
@@ -227,6 +284,98 @@ def summarize(result: Any, *, out: str | None = None, indent: str = "") -> str:
         lines.append(f"{indent}results: {out}/results.json")
         lines.append(f"{indent}report:  {out}/report.html")
     return "\n".join(lines)
+
+
+def _cache_arg(args: argparse.Namespace) -> Any:
+    if args.no_cache:
+        if args.cache_dir:
+            raise ConfigError("--cache-dir and --no-cache contradict each other")
+        return False
+    return args.cache_dir  # None: the default folder
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from privaudit._util import atomic_write_bytes, atomic_write_text
+    from privaudit.config import AuditConfig
+    from privaudit.data import load_imageset
+    from privaudit.embed import get_embedder, parse_spec
+    from privaudit.errors import OutputError
+    from privaudit.pipeline import _as_cache
+
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise ConfigError(f"--out must end in .npy; got {out}")
+    ids_file = out.with_suffix(".ids.txt")
+    for target in (out, ids_file):
+        if target.exists() and not args.force:
+            raise OutputError(f"{target} exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise OutputError(f"the folder of --out does not exist: {out.parent}")
+    config = AuditConfig.from_toml(args.config) if args.config else AuditConfig()
+    name = parse_spec(args.embedder)[0]
+    embedder = get_embedder(args.embedder, device=args.device, options=config.embedder_options_for(name))
+    cache = _as_cache(_cache_arg(args))
+    if embedder.requires_fit:
+        if not args.fit_on:
+            raise ConfigError(f"embedder {name!r} learns from training images: give them with --fit-on PATH")
+        embedder.fit(load_imageset(args.fit_on, role="train"), seed=args.seed, cache=cache)
+    elif args.fit_on:
+        raise ConfigError(f"embedder {name!r} is not fitted; --fit-on does not apply")
+    images = load_imageset(args.input, role="input")
+    if cache is None:
+        vectors = embedder.embed(images)
+    else:
+        vectors = cache.embed(embedder.fingerprint(), images.pixel_digests, images.images, embedder.dim, lambda chunk: embedder.embed(chunk), label=args.embedder)
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, vectors)
+    atomic_write_bytes(out, buf.getvalue())
+    atomic_write_text(ids_file, "".join(f"{i}\n" for i in images.ids))
+    print(f"{len(images)} x {embedder.dim} embeddings ({args.embedder}, fingerprint {embedder.fingerprint()}) -> {out}; ids -> {ids_file}")
+    if images.skipped:
+        print(f"{len(images.skipped)} file(s) skipped: " + "; ".join(f"{s.path}: {s.reason}" for s in images.skipped[:5]))
+    return EXIT_OK
+
+
+def _cmd_embedders(args: argparse.Namespace) -> int:
+    from privaudit.embed import EMBEDDERS, get_embedder
+
+    rows = []
+    for name in EMBEDDERS.names():
+        cls = EMBEDDERS.get(name)
+        if cls.requires_fit:
+            rows.append((name, str(cls.dim), _size(cls.preprocessing), "fitted on each training set", cls.description))
+        elif name == "torchscript":
+            rows.append((name, "model's", "declared", "sha256 of the model file", "your own model: --embedder torchscript:PATH"))
+        else:
+            emb = get_embedder(name)
+            rows.append((name, str(emb.dim), _size(emb.preprocessing), emb.fingerprint(), emb.description))
+    widths = [max(len(r[i]) for r in rows + [("name", "dim", "input", "fingerprint", "")]) for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(("name", "dim", "input", "fingerprint"), widths)) + "  description")
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
+    return EXIT_OK
+
+
+def _size(pre: Any) -> str:
+    return f"{pre.size[0]}x{pre.size[1]}x{pre.channels}"
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from privaudit.embed.cache import EmbeddingCache
+
+    cache = EmbeddingCache(args.cache_dir)
+    if args.cache_command == "path":
+        print(cache.root)
+        return EXIT_OK
+    files, size = cache.purge()
+    print(f"removed {files} file(s), {size / 1e6:.1f} MB, from {cache.root}")
+    return EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -127,7 +127,10 @@ class AuditConfig:
         checks: the checks to run, by name.
         max_skipped: share of undecodable files tolerated per input before it is refused.
         batch_size: images per embedding batch (results do not depend on it).
+        device: where models run: ``"cpu"``, or ``"cuda"``/``"cuda:N"`` when a GPU is there.
         check_options: per-check options objects, keyed by check name; missing ones default.
+        embedder_options: per-embedder options objects, keyed by embedder name (the
+            ``[embedder_options.<name>]`` tables of a config file); missing ones default.
 
     Example:
         >>> cfg = AuditConfig.from_dict({"seed": 3, "copies": {"alpha": 0.05}})
@@ -140,7 +143,9 @@ class AuditConfig:
     checks: tuple[str, ...] = ("copies",)
     max_skipped: float = 0.05
     batch_size: int = 256
+    device: str = "cpu"
     check_options: Mapping[str, Any] = field(default_factory=dict)
+    embedder_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from privaudit.checks import CHECKS
@@ -154,20 +159,33 @@ class AuditConfig:
             raise ConfigError(f"a check is listed twice in {', '.join(self.checks)}")
         if not self.embedders:
             raise ConfigError("no embedder selected; available: " + ", ".join(EMBEDDERS.names()))
-        for name in self.embedders:
-            EMBEDDERS.get(name)
+        from privaudit.embed import parse_spec
+
+        for spec in self.embedders:
+            EMBEDDERS.get(parse_spec(spec)[0])
         if len(set(self.embedders)) != len(self.embedders):
             raise ConfigError(f"an embedder is listed twice in {', '.join(self.embedders)}")
         if not 0.0 <= self.max_skipped <= 1.0:
             raise ConfigError(f"max_skipped must lie in [0, 1]; got {self.max_skipped}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1; got {self.batch_size}")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'); got {self.device!r}")
+        if self.device != "cpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device {self.device!r} was asked for, but CUDA is not available here; use --device cpu")
         if self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer; got {self.seed}")
         for name, options in self.check_options.items():
             expected = CHECKS.get(name).Options
             if not isinstance(options, expected):
                 raise ConfigError(f"options for check {name!r} must be {expected.__name__}")
+        for name, options in self.embedder_options.items():
+            expected_e = EMBEDDERS.get(name).Options
+            if expected_e is None or not isinstance(options, expected_e):
+                raise ConfigError(f"embedder {name!r} takes no options of type {type(options).__name__}")
 
     def options_for(self, check: str) -> Any:
         """The options of ``check``: as configured, or that check's defaults."""
@@ -186,19 +204,30 @@ class AuditConfig:
         the check)."""
         from privaudit.checks import CHECKS
 
-        top = {f.name for f in dataclasses.fields(cls)} - {"check_options"}
+        from privaudit.embed import EMBEDDERS
+
+        top = {f.name for f in dataclasses.fields(cls)} - {"check_options", "embedder_options"}
         plain = {k: v for k, v in data.items() if k in top}
         options = {}
+        embedder_options = {}
+        raw = data.get("embedder_options", {})
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: embedder_options must be a table of [embedder_options.<name>] tables")
+        for name, value in raw.items():
+            cls_e = EMBEDDERS.get(name)
+            if cls_e.Options is None:
+                raise ConfigError(f"{where}: embedder {name!r} takes no options")
+            embedder_options[name] = build_dataclass(cls_e.Options, value, where=f"{where}: [embedder_options.{name}]")
         for key, value in data.items():
-            if key in top:
+            if key in top or key == "embedder_options":
                 continue
             if key in CHECKS:
                 options[key] = build_dataclass(CHECKS.get(key).Options, value, where=f"{where}: [{key}]")
             else:
-                known = sorted(top) + CHECKS.names()
+                known = sorted(top) + ["embedder_options"] + CHECKS.names()
                 raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}; known keys: {', '.join(known)}")
         base = build_dataclass(cls, plain, where=where)
-        return dataclasses.replace(base, check_options=options)
+        return dataclasses.replace(base, check_options=options, embedder_options=embedder_options)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> AuditConfig:
@@ -209,11 +238,28 @@ class AuditConfig:
         """Plain values for ``results.json``, with the options of every selected check filled in."""
         from privaudit._util import to_jsonable
 
-        out: dict[str, Any] = {
-            f.name: to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "check_options"
-        }
+        from privaudit.embed import EMBEDDERS, parse_spec
+
+        skip = {"check_options", "embedder_options"}
+        out: dict[str, Any] = {f.name: to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
         out["check_options"] = {name: to_jsonable(self.options_for(name)) for name in self.checks}
+        out["embedder_options"] = {}
+        for spec in self.spaces_needed():
+            name = parse_spec(spec)[0]
+            if EMBEDDERS.get(name).Options is not None:
+                out["embedder_options"][name] = to_jsonable(self.embedder_options_for(name))
         return out
+
+    def embedder_options_for(self, name: str) -> Any:
+        """The options of embedder ``name`` (registry name): as configured, or its defaults;
+        ``None`` for embedders without options."""
+        from privaudit.embed import EMBEDDERS
+
+        options = self.embedder_options.get(name)
+        if options is not None:
+            return options
+        cls = EMBEDDERS.get(name).Options
+        return None if cls is None else cls()
 
     def spaces_needed(self) -> tuple[str, ...]:
         """Every embedding space the selected checks need, the primary one first."""

@@ -50,10 +50,8 @@ class MissingDependencyError(PrivauditError):
 
     exit_code = EXIT_MISSING_DEPENDENCY
 
-    def __init__(self, package: str, *, extra: str, needed_for: str) -> None:
+    def __init__(self, package: str, *, extra: str | None, needed_for: str) -> None:
         self.package = package
         self.extra = extra
-        super().__init__(
-            f"{needed_for} needs the '{package}' package, which is not installed: "
-            f"pip install 'privaudit[{extra}]'"
-        )
+        command = f"pip install 'privaudit[{extra}]'" if extra else f"pip install '{package}'"
+        super().__init__(f"{needed_for} needs the '{package}' package, which is not installed: {command}")

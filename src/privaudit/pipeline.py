@@ -17,10 +17,11 @@ from privaudit.checks.base import CHECKS, AuditContext, CheckResult, CheckStatus
 from privaudit.config import AuditConfig
 from privaudit.data.imageset import ImageSet
 from privaudit.data.loaders import load_imageset
-from privaudit.embed.base import get_embedder
+from privaudit.embed.base import get_embedder, parse_spec
+from privaudit.embed.cache import EmbeddingCache
 from privaudit.errors import InputError, OutputError
 from privaudit.policy import Policy
-from privaudit.results import SCHEMA_VERSION, AuditResult, environment, utc_now
+from privaudit.results import SCHEMA_VERSION, AuditResult, EmbeddingCount, RunInfo, environment, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def audit(
     policy: Policy | str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     force: bool = False,
+    cache: EmbeddingCache | str | os.PathLike[str] | bool | None = None,
 ) -> AuditResult:
     """Audit a synthetic image set against the training set it was made from.
 
@@ -53,6 +55,9 @@ def audit(
         policy: a :class:`Policy`, a policy file, or ``None`` for the shipped default.
         out: a folder to write ``results.json`` and ``report.html`` into (created if needed).
         force: write into ``out`` even if it is not empty (only the two files are replaced).
+        cache: the embedding cache: ``None`` for the default private folder (see
+            :mod:`privaudit.embed.cache`), a folder, an :class:`EmbeddingCache`, or ``False``
+            to embed everything afresh and store nothing.
 
     Returns:
         The :class:`AuditResult`, verdict included.
@@ -77,11 +82,12 @@ def audit(
     }
     warnings = _validate_roles(sets["train"], sets["holdout"])
 
+    store = _as_cache(cache)
     ctx = AuditContext(
         train=sets["train"],
         synthetic=sets["synthetic"],
         holdout=sets["holdout"],
-        spaces={name: _embed(name, sets, config) for name in config.spaces_needed()},
+        spaces={name: _embed(name, sets, config, store) for name in config.spaces_needed()},
         seed=config.seed,
     )
     checks: dict[str, CheckResult] = {}
@@ -113,6 +119,10 @@ def audit(
         checks=checks,
         verdict=policy.evaluate(checks),
         warnings=tuple(warnings),
+        run=RunInfo(
+            cache_dir=None if store is None else str(store.root),
+            embedded={name: EmbeddingCount(s.from_cache, s.embedded) for name, s in (store.stats.items() if store else ())},
+        ),
     )
     if out_dir is not None:
         write_outputs(result, out_dir, images={k: v for k, v in sets.items() if v is not None})
@@ -149,19 +159,32 @@ def _validate_roles(train: ImageSet, holdout: ImageSet | None) -> list[str]:
     return warnings
 
 
-def _embed(name: str, sets: Mapping[str, ImageSet | None], config: AuditConfig) -> EmbeddedSets:
-    import numpy as np
-    import torch
+def _as_cache(cache: EmbeddingCache | str | os.PathLike[str] | bool | None) -> EmbeddingCache | None:
+    if cache is False:
+        return None
+    if isinstance(cache, EmbeddingCache):
+        return cache
+    return EmbeddingCache(None if cache is None or cache is True else cache)
 
-    embedder = get_embedder(name)
+
+def _embed(spec: str, sets: Mapping[str, ImageSet | None], config: AuditConfig, cache: EmbeddingCache | None) -> EmbeddedSets:
+    embedder = get_embedder(spec, device=config.device, options=config.embedder_options_for(parse_spec(spec)[0]))
     if embedder.requires_fit:
-        generator = torch.Generator().manual_seed(config.seed)
-        embedder.fit(sets["train"], rng=np.random.default_rng(config.seed), generator=generator)  # type: ignore[arg-type]
+        embedder.fit(sets["train"], seed=config.seed, cache=cache)  # type: ignore[arg-type]
+    fingerprint = embedder.fingerprint()
+
+    def compute(images: list) -> object:
+        return embedder.embed(images, batch_size=config.batch_size)
+
     vectors = {}
     for role, images in sets.items():
-        if images is not None:
-            log.info("embedding %d %s images with %s", len(images), role, embedder.name)
-            vectors[role] = embedder.embed(images, batch_size=config.batch_size)
+        if images is None:
+            continue
+        log.info("embedding %d %s images with %s", len(images), role, embedder.name)
+        if cache is None:
+            vectors[role] = compute(list(images.images))
+        else:
+            vectors[role] = cache.embed(fingerprint, images.pixel_digests, images.images, embedder.dim, compute, label=spec)
     return EmbeddedSets(
         info=embedder.info(),
         near_duplicate_similarity=embedder.near_duplicate_similarity,

@@ -21,7 +21,24 @@ from privaudit.data.imageset import InputSummary
 from privaudit.embed.base import EmbedderInfo
 from privaudit.policy import Verdict
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
+
+
+@dataclass(frozen=True)
+class EmbeddingCount:
+    """Images of one embedder taken from the cache, and images embedded afresh."""
+
+    from_cache: int
+    embedded: int
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Facts about this run that do not change any figure (they differ between two runs of
+    the same audit, like ``created_at``)."""
+
+    cache_dir: str | None
+    embedded: Mapping[str, EmbeddingCount]
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,7 @@ class AuditResult:
         checks: one result per check, keyed by name.
         verdict: the policy's decision.
         warnings: audit-level caveats (checks add their own).
+        run: facts about this run that change no figure (cache use).
     """
 
     schema_version: str
@@ -54,6 +72,7 @@ class AuditResult:
     checks: Mapping[str, CheckResult]
     verdict: Verdict
     warnings: tuple[str, ...] = ()
+    run: RunInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (NaN becomes ``null``)."""

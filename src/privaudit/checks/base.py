@@ -134,6 +134,11 @@ class AuditContext:
     _knn_cache: dict[tuple[str, str, str], Neighbors] = field(default_factory=dict, repr=False)
 
     @property
+    def primary(self) -> str:
+        """The spec of the primary embedder (e.g. ``"pixels"``, ``"torchscript:/m.pt"``)."""
+        return next(iter(self.spaces))
+
+    @property
     def space(self) -> EmbeddedSets:
         """The primary embedding space (the first configured embedder)."""
         return next(iter(self.spaces.values()))
@@ -153,7 +158,7 @@ class AuditContext:
         """k nearest ``base`` images of every ``query`` image (roles), in the space of
         ``embedder`` (default: primary), computed at most once per audit."""
         space = self.space_of(embedder)
-        key = (space.info.name, query, base)
+        key = (embedder or self.primary, query, base)
         cached = self._knn_cache.get(key)
         if cached is None or cached.k < k:
             cached = knn(space.of(query), space.of(base), k=k)

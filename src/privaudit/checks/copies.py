@@ -174,7 +174,7 @@ class CopiesCheck(Check):
         alpha_att = attainable_level(options.alpha, n) if n else 0.0
         common = dict(
             check=self.name,
-            embedder=ctx.space.info.name,
+            embedder=ctx.primary,
             warnings=tuple(warnings),
             alpha=options.alpha,
             alpha_attainable=alpha_att,

@@ -20,7 +20,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -28,7 +28,11 @@ import torch.nn.functional as F
 
 from privaudit._version import __version__
 from privaudit.data.imageset import ImageSet
+from privaudit.errors import ConfigError
 from privaudit.registry import Registry
+
+if TYPE_CHECKING:
+    from privaudit.embed.cache import EmbeddingCache
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ class Embedder(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
+    #: A frozen dataclass of the embedder's options (``[embedder_options.<name>]`` in a config
+    #: file), or ``None`` for embedders without options.
+    Options: ClassVar[type | None] = None
     #: Whether :meth:`fit` must be called on the training set before :meth:`embed`.
     requires_fit: ClassVar[bool] = False
     #: Cosine similarity at or above which two images count as near-duplicates in this space.
@@ -124,15 +131,24 @@ class Embedder(ABC):
         """SHA-256 of the weights file, or ``None`` when the embedder has no weights."""
         return None
 
+    def fit_key(self) -> str | None:
+        """For fitted embedders, the key of the fit (training set hash, options, seed, version);
+        ``None`` for embedders that do not learn from the audit's images."""
+        return None
+
     def fingerprint(self) -> str:
         """A hash of everything that determines the outputs: name, version, preprocessing,
-        weights and privaudit's major.minor version. The embedding cache keys on it."""
+        weights (or the fit key of a fitted embedder) and privaudit's major.minor version.
+        The embedding cache keys on it."""
+        if self.requires_fit and self.fit_key() is None:
+            raise RuntimeError(f"embedder {self.name!r} has no fingerprint before it is fitted")
         spec = {
             "name": self.name,
             "version": self.version,
             "dim": self.dim,
             "preprocessing": asdict(self.preprocessing),
             "weights_sha256": self.weights_sha256(),
+            "fit_key": self.fit_key(),
             "privaudit": ".".join(__version__.split(".")[:2]),
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -149,8 +165,13 @@ class Embedder(ABC):
             description=self.description,
         )
 
-    def fit(self, train: ImageSet, *, rng: np.random.Generator, generator: torch.Generator) -> None:
-        """Learn from the training set (only for embedders with ``requires_fit``)."""
+    def fit(self, train: ImageSet, *, seed: int, cache: EmbeddingCache | None = None) -> None:
+        """Learn from the training set (only for embedders with ``requires_fit``).
+
+        Fitting sees the training images only, never the synthetic or holdout images that are
+        judged. The result is deterministic for a seed, and cached in ``cache`` under
+        :meth:`fit_key`.
+        """
         return None
 
     @abstractmethod
@@ -183,6 +204,32 @@ class Embedder(ABC):
 EMBEDDERS: Registry[type[Embedder]] = Registry("embedder", entry_point_group="privaudit.embedders")
 
 
-def get_embedder(name: str, *, device: str | torch.device = "cpu") -> Embedder:
-    """Instantiate the embedder registered as ``name``."""
-    return EMBEDDERS.get(name)(device=device)
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``"torchscript:/path/model.pt"`` into the registry name and its argument."""
+    name, sep, arg = spec.partition(":")
+    return name, (arg if sep else None)
+
+
+def get_embedder(spec: str, *, device: str | torch.device = "cpu", options: object | None = None) -> Embedder:
+    """Instantiate an embedder from its spec (``"pixels"``, ``"torchscript:PATH"``).
+
+    Args:
+        spec: the registered name, optionally followed by ``:ARG`` (the model path, for
+            embedders whose options have a ``path``).
+        device: where the model runs (``"cpu"`` or ``"cuda"``).
+        options: an instance of the embedder's ``Options`` dataclass.
+    """
+    import dataclasses
+
+    name, arg = parse_spec(spec)
+    cls = EMBEDDERS.get(name)
+    if cls.Options is None:
+        if arg is not None or options is not None:
+            raise ConfigError(f"embedder {name!r} takes no options; got {spec!r}")
+        return cls(device=device)
+    opts = options if options is not None else cls.Options()
+    if arg is not None:
+        if "path" not in {f.name for f in dataclasses.fields(opts)}:
+            raise ConfigError(f"embedder {name!r} takes no ':' argument; got {spec!r}")
+        opts = dataclasses.replace(opts, path=arg)
+    return cls(device=device, options=opts)  # type: ignore[call-arg]

@@ -1,0 +1,143 @@
+"""Recall of planted copies per transform family, per embedder, at a fixed false-positive rate.
+
+Real images from ../shared/data: a training split, copies of some training images planted under
+each transform family of privaudit.transforms, and real non-copies (other images or other
+patients). For each embedder, the score of an image is its similarity to its most similar
+training image; the threshold is set on the real non-copies at 1 % FPR (and 0.1 % where there are
+at least 3,000 non-copies); recall is the share of planted copies above it, per family.
+Families the copydetect descriptor never saw in training are marked "held out": recall on the
+families it was trained for is optimistic.
+
+    python benchmarks/copy_recall.py --dataset pneumoniamnist
+    python benchmarks/copy_recall.py --dataset covid --embedders pixels,imagenet,copydetect
+
+MedMNIST splits are image-level (no patient ids): its non-copies are other images, which may
+include other scans of the same patients. The last line is a JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from privaudit import transforms
+from privaudit.data import ImageSet, load_imageset
+from privaudit.embed import get_embedder
+from privaudit.embed.copydetect import HELD_OUT
+from privaudit.search import knn
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def load(dataset: str, n_train: int, seed: int) -> tuple[ImageSet, ImageSet, str]:
+    rng = np.random.default_rng(seed)
+    if dataset == "pneumoniamnist":
+        d = np.load(DATA / "medmnist" / "pneumoniamnist.npz")
+        images = np.concatenate([d["train_images"], d["val_images"], d["test_images"]])
+        order = rng.permutation(len(images))
+        everything = ImageSet.from_arrays(images[order], source="pneumoniamnist")
+        train = everything.subset(range(n_train), source="pneumoniamnist:train")
+        rest = everything.subset(range(n_train, len(everything)), source="pneumoniamnist:rest")
+        note = "image-level split (MedMNIST has no patient ids)"
+    elif dataset == "covid":
+        covid = load_imageset(DATA / "covid_chestxray" / "covid_cxr_licensed_256.npz", role="covid")
+        pids = np.array(covid.patient_ids)
+        patients = sorted(set(pids) - {"178"})  # 178 is patient 97 published twice
+        rng.shuffle(patients)
+        train_p = set(patients[: len(patients) // 2])
+        train = covid.subset([i for i, p in enumerate(pids) if p in train_p], source="covid:train")
+        rest = covid.subset([i for i, p in enumerate(pids) if p not in train_p and p != "178"], source="covid:other-patients")
+        note = "patient-level split"
+    elif dataset == "phantoms":
+        from privaudit.phantoms import make_study
+
+        study = make_study(n_train_patients=n_train // 4, n_holdout_patients=n_train // 4, n_synthetic=n_train, size=64, seed=seed)
+        train = study.train
+        rest = ImageSet(images=study.holdout.images + study.clean.images, ids=study.holdout.ids + study.clean.ids, source="phantoms:non-copies")
+        note = "phantoms (patient-level)"
+    else:
+        raise SystemExit(f"unknown dataset {dataset}")
+    # Exact duplicates of training images among the non-copies are copies, not false alarms.
+    train_digests = set(train.pixel_digests)
+    keep = [i for i, d in enumerate(rest.pixel_digests) if d not in train_digests]
+    removed = len(rest) - len(keep)
+    if removed:
+        note += f"; {removed} non-copy image(s) identical to training images removed"
+    return train, rest.subset(keep, source=rest.source), note
+
+
+def plant(train: ImageSet, per_family: int, seed: int) -> tuple[list[np.ndarray], list[str], list[int]]:
+    images, families, sources = [], [], []
+    for f, family in enumerate(transforms.FAMILIES):
+        rng = np.random.default_rng([seed, f])
+        for i in rng.choice(len(train), size=min(per_family, len(train)), replace=False):
+            images.append(transforms.apply(family, train.images[i], rng))
+            families.append(family)
+            sources.append(int(i))
+    return images, families, sources
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="pneumoniamnist", choices=("pneumoniamnist", "covid", "phantoms"))
+    parser.add_argument("--embedders", default="pixels,imagenet,copydetect")
+    parser.add_argument("--n-train", type=int, default=2500)
+    parser.add_argument("--per-family", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not DATA.exists() and args.dataset != "phantoms":
+        print(f"real data not found at {DATA}", file=sys.stderr)
+        return 2
+
+    train, noncopies, note = load(args.dataset, args.n_train, args.seed)
+    copies, families, sources = plant(train, args.per_family, args.seed)
+    families_arr, sources_arr = np.array(families), np.array(sources)
+    print(f"{args.dataset}: {len(train)} training images, {len(noncopies)} real non-copies, {len(copies)} planted copies ({note})")
+    fprs = [0.01] + ([0.001] if len(noncopies) >= 3000 else [])
+    figures: dict[str, object] = {"dataset": args.dataset, "n_train": len(train), "n_noncopies": len(noncopies), "note": note, "embedders": {}}
+    for name in args.embedders.split(","):
+        embedder = get_embedder(name)
+        t0 = time.perf_counter()
+        if embedder.requires_fit:
+            embedder.fit(train, seed=args.seed, cache=None)
+        t_fit = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        e_train = embedder.embed(train)
+        e_non = embedder.embed(noncopies)
+        e_copy = embedder.embed(copies)
+        t_embed = time.perf_counter() - t0
+        null = knn(e_non, e_train, k=1).similarities[:, 0]
+        hit = knn(e_copy, e_train, k=1)
+        score, nearest = hit.similarities[:, 0], hit.indices[:, 0]
+        row: dict[str, object] = {"fit_s": round(t_fit, 1), "embed_images_per_s": round((len(train) + len(noncopies) + len(copies)) / t_embed, 1)}
+        print(f"\n{name}: fit {t_fit:.1f} s, embedding {row['embed_images_per_s']} images/s")
+        header = "family".ljust(10) + "".join(f"  recall@{f:.1%}FPR".rjust(18) for f in fprs) + "  linked".rjust(10) + ("  (held out)" if embedder.requires_fit else "")
+        print(header)
+        for fpr in fprs:
+            threshold = float(np.quantile(null, 1 - fpr, method="higher"))
+            realised = float((null > threshold).mean())
+            row[f"threshold@{fpr}"] = threshold
+            row[f"realised_fpr@{fpr}"] = realised
+        per_family = {}
+        for family in transforms.FAMILIES:
+            sel = families_arr == family
+            recalls = {f"recall@{fpr}": float((score[sel] > row[f"threshold@{fpr}"]).mean()) for fpr in fprs}
+            linked = float((nearest[sel] == sources_arr[sel]).mean())
+            per_family[family] = {**recalls, "linked": linked, "held_out": family in HELD_OUT if embedder.requires_fit else None}
+            mark = "  *" if embedder.requires_fit and family in HELD_OUT else ""
+            print(family.ljust(10) + "".join(f"{recalls[f'recall@{fpr}']:18.1%}" for fpr in fprs) + f"{linked:10.1%}" + mark)
+        row["families"] = per_family
+        row["min_recall@0.01"] = min(v["recall@0.01"] for v in per_family.values())
+        figures["embedders"][name] = row  # type: ignore[index]
+    print("\n* = held out of copydetect's training augmentations")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
