@@ -38,7 +38,7 @@ def test_report_makes_no_external_requests(leaky_html):
 
 def test_report_without_images_lists_ids_and_drops_the_banner(leaky_result):
     html = render_html(leaky_result, images=None)
-    assert "data:image" not in html and "This report contains patient images" not in html
+    assert "data:image/png" not in html and "This report contains patient images" not in html
     first = leaky_result.checks["copies"].flagged[0]
     assert first.synthetic_id in html and first.train_id in html
 

@@ -57,3 +57,10 @@ class MissingDependencyError(PrivauditError):
             f"{needed_for} needs the '{package}' package, which is not installed: "
             f"pip install 'privaudit[{extra}]'"
         )
+
+
+class MissingProgramError(PrivauditError):
+    """An external program (not a Python package) is needed for an option, e.g. Chromium for
+    ``--pdf``. The message names the program and how to install it."""
+
+    exit_code = EXIT_MISSING_DEPENDENCY
