@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
-        _configure_logging(verbose=args.verbose, debug=args.debug)
+        _configure_logging(verbose=getattr(args, "verbose", False), debug=getattr(args, "debug", False))
         commands = {
             "audit": _cmd_audit,
             "demo": _cmd_demo,
