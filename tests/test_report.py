@@ -59,3 +59,26 @@ def test_skipped_files_are_listed(study_files, tmp_path):
     audit(study_files["train"], study_files["clean"], folder, out=out)
     html = (out / "report.html").read_text()
     assert "Skipped files in holdout (1)" in html and "zzz_broken.png" in html and "not a recognised image" in html
+
+
+def test_a_check_without_its_own_partial_gets_the_generic_section(leaky_result):
+    """Checks added by others render before they have a template: summary, status and metrics."""
+    data = leaky_result.to_dict()
+    data["checks"]["newcheck"] = {
+        "check": "newcheck", "status": "not_assessed", "reason": "needs --holdout", "warnings": ["a caveat"],
+        "summary": "New check: not assessed (needs --holdout).",
+        "metrics": {"thing_rate": {"value": None, "n": 0, "ci_low": None, "ci_high": None, "direction": "higher_is_worse"}},
+    }
+    html = render_html(data)
+    assert 'id="check-newcheck"' in html and 'href="#check-newcheck"' in html
+    assert "Not assessed:</strong> needs --holdout" in html and "a caveat" in html
+    assert "<code>thing_rate</code>" in html and "Policy metrics of this check" in html
+
+
+def test_report_has_a_chart_with_alt_text_and_accessible_tables(leaky_html):
+    charts = re.findall(r'<img src="data:image/svg\+xml;base64,[^"]+" alt="([^"]+)"', leaky_html)
+    assert len(charts) == 1 and "Histogram of similarity" in charts[0] and "threshold" in charts[0]
+    for table in re.findall(r"<table>.*?</table>", leaky_html, flags=re.S):
+        assert "<th" in table  # every table has header cells
+    # Status is never colour alone: a symbol and a word.
+    assert "✗ fail</span>" in leaky_html
