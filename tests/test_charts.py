@@ -48,3 +48,13 @@ def test_roc_loglog_marks_the_resolvable_floor():
         charts.roc_loglog([])
     with pytest.raises(ValueError, match="equal length"):
         charts.roc_loglog([{"label": "x", "fpr": [0, 1], "tpr": [0]}])
+
+
+def test_tradeoff_curve_with_a_non_private_reference():
+    points = [{"x": 1.0, "y": 0.52, "ci_low": 0.48, "ci_high": 0.56}, {"x": 10.0, "y": 0.6}, {"x": float("inf"), "y": 0.9}]
+    c = charts.tradeoff_curve([{"label": "DCR attack", "points": points}], ylabel="membership AUC (higher is worse)")
+    svg = svg_of(c)
+    assert "<image" not in svg and "no DP" in svg
+    assert "DCR attack: 1 → 0.52, 10 → 0.6, no DP → 0.9" in c.alt
+    with pytest.raises(ValueError, match="finite x"):
+        charts.tradeoff_curve([{"label": "x", "points": [{"x": float("inf"), "y": 1}]}], ylabel="y")

@@ -212,7 +212,6 @@ def roc_loglog(
                 color=SERIES[(i + 1) % len(SERIES)],
                 linestyle=LINESTYLES[(i + 1) % len(LINESTYLES)],
                 linewidth=1.6,
-                drawstyle="steps-post",
                 label=label + (f" (AUC {auc:.3f})" if auc is not None else ""),
             )
             at = _tpr_at(fpr, tpr, floor) if floor else None
@@ -241,6 +240,67 @@ def roc_loglog(
         "exposed with confidence, whatever the AUC."
     )
     return Chart(uri, alt, caption)
+
+
+def tradeoff_curve(
+    series: Sequence[Mapping[str, Any]],
+    *,
+    xlabel: str = "privacy budget ε (log scale)",
+    ylabel: str,
+    log_x: bool = True,
+) -> Chart:
+    """Points with 95 % error bars, one line per series: e.g. a quality or attack figure
+    against the DP-SGD ε of the generator that produced each synthetic set.
+
+    Args:
+        series: one mapping per line with ``label`` and ``points``, each point a mapping with
+            ``x``, ``y`` and optionally ``ci_low`` / ``ci_high`` (``None`` for no interval).
+            Use ``x = inf`` for a non-private reference: it is drawn at the right edge, marked "no DP".
+        ylabel: what ``y`` is, with its direction (e.g. "membership AUC (higher is worse)").
+
+    Example:
+        >>> c = tradeoff_curve([{"label": "FID", "points": [{"x": 1, "y": 80}, {"x": 10, "y": 40}]}], ylabel="FID")
+        >>> "FID" in c.alt
+        True
+    """
+    if not series:
+        raise ValueError("need at least one series")
+    plt = _pyplot()
+    parts = []
+    with plt.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=(5.6, 3.4))
+        finite = [float(pt["x"]) for s_ in series for pt in s_["points"] if math.isfinite(float(pt["x"]))]
+        if not finite:
+            raise ValueError("need at least one point with a finite x")
+        right = max(finite) * (4.0 if log_x else 1.15)
+        for i, s_ in enumerate(series):
+            pts = sorted(s_["points"], key=lambda pt: float(pt["x"]))
+            if not pts:
+                raise ValueError(f"series {s_.get('label')!r} has no points")
+            xs = [float(pt["x"]) if math.isfinite(float(pt["x"])) else right for pt in pts]
+            ys = [float(pt["y"]) for pt in pts]
+            lo = [y - float(pt["ci_low"]) if pt.get("ci_low") is not None else 0.0 for y, pt in zip(ys, pts)]
+            hi = [float(pt["ci_high"]) - y if pt.get("ci_high") is not None else 0.0 for y, pt in zip(ys, pts)]
+            colour = SERIES[(i + 1) % len(SERIES)]
+            ax.errorbar(xs, ys, yerr=[lo, hi], color=colour, linestyle=LINESTYLES[(i + 1) % len(LINESTYLES)],
+                        marker="osD^v<"[i % 6], markersize=4, capsize=2, linewidth=1.4, label=str(s_["label"]))
+            parts.append(f"{s_['label']}: " + ", ".join(f"{_x_words(pt['x'])} → {float(pt['y']):.3g}" for pt in pts))
+        if any(not math.isfinite(float(pt["x"])) for s_ in series for pt in s_["points"]):
+            ax.axvline(right, color=MUTED, linestyle=":", linewidth=0.8)
+            ax.annotate("no DP", (right, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8, color=MUTED)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="best", fontsize=8)
+        uri = _render(fig)
+    alt = f"{ylabel} against {xlabel}: " + "; ".join(parts) + ". Error bars are 95% intervals where known."
+    caption = "Each point is one synthetic set; error bars are 95 % intervals. Moving right spends more privacy budget."
+    return Chart(uri, alt, caption)
+
+
+def _x_words(x: Any) -> str:
+    return f"{float(x):.3g}" if math.isfinite(float(x)) else "no DP"
 
 
 def _tpr_at(fpr: Sequence[float], tpr: Sequence[float], at: float) -> float | None:
