@@ -212,7 +212,7 @@ def test_worksheet_round_trip_has_no_effect_until_decided(audited, tmp_path, cap
 def test_waivers_change_the_verdict_and_say_so(audited, tmp_path, capsys):
     data = load_results(audited["leaky"])
     c = data["checks"]["copies"]
-    k, m = c["n_flagged"], c["n_synthetic"]
+    k = c["n_flagged"]
     text = worksheet_text(data)
     # Accept every flagged pair: nothing left to count, the gate passes and relies on k waivers.
     path = tmp_path / "all.toml"

@@ -15,7 +15,6 @@ from privaudit.cli import main
 from privaudit.data import ImageSet
 from privaudit.pipeline import audit
 from privaudit.redact import pseudonymise
-from privaudit.reports import render_html
 from privaudit.results import load_results, results_schema
 
 #: Identifiers a hospital would never want in a shared file (they look like record numbers,
