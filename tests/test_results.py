@@ -135,9 +135,15 @@ def test_new_fields_validate_and_are_present(validator, leaky_result, study, tmp
     path.write_text(worksheet_text(data).replace('decision = "pending"\nreviewer = ""\ndate = ""\nreason = ""', 'decision = "accepted"\nreviewer = "R"\ndate = 2025-01-02\nreason = "ok"', 2))
     reviewed = audit(study.train, study.leaky, study.holdout, waivers=Waivers.from_toml(path), out=tmp_path / "o", no_images=True)
     assert reviewed.verdict.n_waivers == 2
-    for name in ("results.json",):
-        validator.validate(json.loads((tmp_path / "o" / name).read_text()))
+    shared = json.loads((tmp_path / "o" / "results.json").read_text())
+    validator.validate(shared)
     validator.validate(json.loads(reviewed.to_json()))
+    # Pseudonyms are consistent across fields: the waived items are still found among the flagged.
+    flagged = {(f["synthetic_id"], f["train_id"]) for f in shared["checks"]["copies"]["flagged"]}
+    applied = [(w["item"]["synthetic_id"], w["item"]["train_id"]) for w in shared["verdict"]["review"]["applied"]]
+    assert len(applied) == 2 and set(applied) <= flagged and all(a.startswith("img-") for a, _ in applied)
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert html.count('class="waived"') == 2 and "R, 2025-01-02" in html
 
 
 def test_a_1_0_results_file_still_loads(leaky_result, tmp_path):
