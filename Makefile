@@ -26,7 +26,9 @@ install: $(VENV)/.installed-base
 demo: $(VENV)/.installed-base
 	$(BIN)/privaudit demo --out demo-audit --force
 
+# The report's browser tests drive Debian's chromium; .ci/ensure-chromium installs it when missing.
 test: $(VENV)/.installed-test
+	@bash .ci/ensure-chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -32,6 +32,15 @@ CASES = [
     ("out-not-empty", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--out", "{tmp}/full"], 2, "is not empty; choose a new folder, or pass --force"),
     ("overlap", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--holdout", "{train}", "--out", "{tmp}/o"], 2, "--holdout shares 30 patient(s) with --train"),
     ("dicom-no-pydicom", ["audit", "--train", "{tmp}/dicoms", "--synthetic", "{leaky}", "--out", "{tmp}/o"], 3, "pip install 'privaudit[dicom]'"),
+    ("gate-missing-results", ["gate", "{tmp}/none.json"], 2, "none.json not found"),
+    ("gate-no-args", ["gate"], 2, "the following arguments are required: RESULTS.json"),
+    ("report-missing-results", ["report", "{tmp}/none.json"], 2, "not found"),
+    ("policy-check-missing", ["policy", "check", "{tmp}/none.toml"], 2, "policy file not found"),
+    ("policy-check-typo", ["policy", "check", "{tmp}/typo.toml"], 2, "unknown key 'fial' (did you mean 'fail'?)"),
+    ("policy-no-action", ["policy"], 2, "choose an action: init or check"),
+    ("waivers-no-action", ["waivers"], 2, "choose an action: init or check"),
+    ("waivers-check-missing", ["waivers", "check", "{tmp}/none.toml"], 2, "waivers file not found"),
+    ("audit-waivers-missing", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--waivers", "{tmp}/none.toml"], 2, "waivers file not found"),
     ("no-command", [], 2, "usage:"),
     ("unknown-command", ["frobnicate"], 2, "invalid choice: 'frobnicate'"),
 ]
@@ -96,7 +105,7 @@ def test_debug_shows_the_traceback(fill, capsys):
 def test_version_and_help(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"privaudit {__version__}"
-    for argv in (["--help"], ["audit", "--help"], ["demo", "--help"]):
+    for argv in (["--help"], ["audit", "--help"], ["demo", "--help"], ["report", "--help"], ["gate", "--help"], ["policy", "init", "--help"], ["waivers", "init", "--help"]):
         assert main(argv) == 0
         assert "usage: privaudit" in capsys.readouterr().out
 
@@ -104,19 +113,21 @@ def test_version_and_help(capsys):
 def test_every_command_and_option_has_help():
     import argparse
 
-    def walk(parser: argparse.ArgumentParser, path: str) -> int:
-        seen = 0
+    def check(parser: argparse.ArgumentParser, path: str) -> int:
+        n = 0
         for action in parser._actions:
+            if action.dest != "help":
+                assert action.help, f"{path} {action.option_strings or action.dest}"
             if isinstance(action, argparse._SubParsersAction):
                 for name, command in action.choices.items():
                     assert command.description, f"{path} {name}"
                     assert any(c.dest == name and c.help for c in action._choices_actions), f"{path} {name}"
-                    seen += 1 + walk(command, f"{path} {name}")
-            if action.dest != "help" and path != "privaudit":
-                assert action.help, f"{path} {action.option_strings}"
-        return seen
+                    n += 1 + check(command, f"{path} {name}")
+        return n
 
-    assert walk(build_parser(), "privaudit") >= 7  # audit, demo, embed, embedders, cache, purge, path
+    # audit, demo, report, gate, policy (init, check), waivers (init, check), embed, embedders,
+    # cache (purge, path)
+    assert check(build_parser(), "privaudit") == 15
 
 
 def test_python_dash_m_works_like_the_script():

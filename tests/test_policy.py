@@ -96,3 +96,80 @@ def test_default_policy_is_commented_and_valid():
     p = Policy.default()
     assert p.source == "default" and p.not_assessed is Status.FAIL
     assert [(r.metric, r.warn, r.fail) for r in p.rules] == [(RULE, 0.01, 0.02)]
+
+
+# --- interval bounds, min_n, and every rule of the catalog at its boundary --------------------
+
+from privaudit.checks.base import metric_catalog  # noqa: E402
+
+
+def test_use_ci_high_compares_the_upper_bound():
+    p = policy(warn=0.01, fail=0.02, use="ci_high")
+    m = lambda hi: p.evaluate_metrics({RULE: Metric(0.0, 200, ci_low=-0.01, ci_high=hi)})  # noqa: E731
+    assert m(0.01).status is Status.PASS and m(0.010001).status is Status.WARN
+    assert m(0.02).status is Status.WARN and m(0.020001).status is Status.FAIL
+    v = m(0.03)
+    assert v.reasons[0].compared == 0.03 and v.reasons[0].value == 0.0 and v.reasons[0].use == "ci_high"
+    assert "upper end of the 95% CI 0.03 (estimate 0" in v.reasons[0].message
+    # The same estimate passes when the rule compares the estimate.
+    assert policy(warn=0.01, fail=0.02).evaluate_metrics({RULE: Metric(0.0, 200, ci_low=-0.01, ci_high=0.03)}).status is Status.PASS
+
+
+def test_a_bound_rule_without_an_interval_is_not_assessed():
+    v = policy(fail=0.02, use="ci_high").evaluate_metrics({RULE: Metric(0.0, 200)})
+    assert v.status is Status.FAIL and v.reasons[0].status is Status.NOT_ASSESSED
+    assert "this metric has none" in v.reasons[0].message
+
+
+def test_min_n():
+    p = policy(fail=0.02, min_n=100)
+    assert p.evaluate_metrics({RULE: Metric(0.0, 99)}).reasons[0].status is Status.NOT_ASSESSED
+    assert "n = 99 is below the policy's min_n = 100" in p.evaluate_metrics({RULE: Metric(0.0, 99)}).reasons[0].message
+    assert p.evaluate_metrics({RULE: Metric(0.0, 100)}).status is Status.PASS
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ({"fail": 0.1, "use": "ci_low"}, "use = 'ci_low' is the optimistic end of the interval for a metric that is higher is worse"),
+        ({"fail": 0.1, "use": "upper"}, "use must be one of 'value', 'ci_high'"),
+        ({"fail": 0.1, "use": "ci_hgh"}, "did you mean 'ci_high'"),
+        ({"fail": 0.1, "min_n": -1}, "min_n must be a non-negative integer"),
+        ({"fail": 0.1, "min_n": 1.5}, "min_n must be a non-negative integer"),
+        ({"fail": 0.1, "mi_n": 3}, "unknown key 'mi_n' \\(did you mean 'min_n'\\?\\)"),
+    ],
+    ids=["optimistic-bound", "unknown-use", "use-typo", "negative-min-n", "float-min-n", "min-n-typo"],
+)
+def test_bad_use_and_min_n(rule, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        Policy.from_dict({"copies": {"excess_flag_rate": rule}})
+    assert "\n" not in str(info.value)
+
+
+CATALOG = sorted(metric_catalog().items())
+
+
+@pytest.mark.parametrize("name, spec", CATALOG, ids=[n for n, _ in CATALOG])
+@pytest.mark.parametrize("use", ["value", "bound"])
+def test_every_rule_fires_at_its_boundary(name, spec, use):
+    """For every metric any registered check reports: at the level it holds, just past it trips,
+    in the direction the metric declares; with use = the pessimistic bound, the bound decides."""
+    check, metric = name.split(".")
+    worse = 1.0 if spec.direction is Direction.HIGHER_IS_WORSE else -1.0
+    warn, fail = 0.3, 0.3 + 0.2 * worse
+    bound = "ci_high" if spec.direction is Direction.HIGHER_IS_WORSE else "ci_low"
+    rule = {"warn": warn, "fail": fail} | ({"use": bound} if use == "bound" else {})
+    p = Policy.from_dict({check: {metric: rule}})
+    eps = 1e-9
+
+    def status(x: float) -> str:
+        if use == "value":
+            m = Metric(x, 50, direction=spec.direction)
+        else:  # the estimate sits safely on the good side; only the bound moves
+            lo, hi = (x - 1.0, x) if bound == "ci_high" else (x, x + 1.0)
+            m = Metric(x - worse * 1.0, 50, ci_low=lo, ci_high=hi, direction=spec.direction)
+        return p.evaluate_metrics({name: m}).status.value
+
+    assert status(warn) == "pass" and status(warn + worse * eps) == "warn"
+    assert status(fail) == "warn" and status(fail + worse * eps) == "fail"
+    assert status(warn - worse * 0.1) == "pass"

@@ -12,10 +12,9 @@ from privaudit.pipeline import audit
 pytestmark = pytest.mark.realdata
 
 
-def test_covid_same_person_published_twice_is_found():
-    """Patients 97 and 178 are one person published twice, with four near-identical image pairs
-    (data README). With 97 in training and 178 synthetic, the four pairs must be flagged and
-    linked to 97, and nothing else."""
+def _covid_split() -> tuple[ImageSet, ImageSet, ImageSet]:
+    """Patient 97 in training, 60 other patients as holdout, patient 178 (the same person) as
+    the 'synthetic' set, without patient ids."""
     path = realdata("covid_chestxray/covid_cxr_licensed_256.npz")
     covid = load_imageset(path, role="train")
     pids = np.array(covid.patient_ids)
@@ -29,7 +28,14 @@ def test_covid_same_person_published_twice_is_found():
     synthetic = covid.subset(synthetic_idx, source="covid:patient178")
     synthetic = ImageSet(images=synthetic.images, ids=synthetic.ids, source=synthetic.source)  # no patient ids on synthetic data
     assert len(holdout) >= 99  # alpha = 0.01 needs a null of at least 99
+    return train, synthetic, holdout
 
+
+def test_covid_same_person_published_twice_is_found():
+    """Patients 97 and 178 are one person published twice, with four near-identical image pairs
+    (data README). With 97 in training and 178 synthetic, the four pairs must be flagged and
+    linked to 97, and nothing else."""
+    train, synthetic, holdout = _covid_split()
     c = audit(train, synthetic, holdout).checks["copies"]
     assert c.status.value == "assessed"
     assert c.n_flagged == 4 and c.n_synthetic == 5
@@ -49,3 +55,25 @@ def test_pneumoniamnist_loads_from_its_npz_layout(tmp_path):
     np.savez(tmp_path / "p.npz", images=data["val_images"], label=data["val_labels"])
     s = load_imageset(tmp_path / "p.npz")
     assert len(s) == 524 and s.labels is not None and set(s.labels) == {"0", "1"}
+
+
+def test_covid_report_and_shareable_report(tmp_path):
+    """The real-data audit's report shows the four pairs as thumbnails; the --no-images one
+    holds no image data and pseudonymises patient 97; both re-gate to the same verdict."""
+    import json
+
+    from privaudit.cli import main
+    from privaudit.results import load_results
+
+    train, synthetic, holdout = _covid_split()
+    audit(train, synthetic, holdout, out=tmp_path / "full")
+    audit(train, synthetic, holdout, out=tmp_path / "shared", no_images=True)
+    full = (tmp_path / "full" / "report.html").read_text()
+    assert full.count('src="data:image/png') == 8 and "This report contains patient images" in full
+    shared_html = (tmp_path / "shared" / "report.html").read_text()
+    shared = load_results(tmp_path / "shared" / "results.json")
+    assert "data:image/png" not in shared_html and "covid:" not in shared_html
+    assert {f["train_patient_id"] for f in shared["checks"]["copies"]["flagged"]} == {"patient-001"}
+    assert '"97"' not in json.dumps(shared) and "(patient 97)" not in shared_html
+    for out in ("full", "shared"):
+        assert main(["gate", str(tmp_path / out / "results.json")]) == 1  # 4 of 5 flagged: fail

@@ -92,3 +92,86 @@ def test_flagged_pairs_name_ids_and_similarity(leaky_result):
     assert first["synthetic_id"].startswith("synthetic/") and first["train_id"].startswith("train/")
     sims = [f["similarity"] for f in flagged]
     assert np.all(np.isfinite(sims))
+
+
+def _properties(node, path=""):
+    """Every (path, schema) of a named property in the schema, $defs included."""
+    if not isinstance(node, dict):
+        return
+    for key, value in node.get("properties", {}).items():
+        yield f"{path}/{key}", value
+        yield from _properties(value, f"{path}/{key}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            yield from _properties(node[key], f"{path}/{key}")
+    for key, value in node.get("$defs", {}).items():
+        yield from _properties(value, f"{path}/$defs/{key}")
+    for i, value in enumerate(node.get("allOf", []) + node.get("oneOf", [])):
+        yield from _properties(value, f"{path}/{i}")
+
+
+def test_every_field_is_documented():
+    """Every property has a description, or refers ($ref) to a definition that has one."""
+    schema = results_schema()
+
+    def documented(prop: dict) -> bool:
+        if "description" in prop:
+            return True
+        ref = prop.get("$ref", "")
+        return ref.startswith("#/$defs/") and "description" in schema["$defs"][ref.split("/")[-1]]
+
+    missing = [path for path, prop in _properties(schema) if not documented(prop)]
+    assert missing == []
+    for name, definition in schema["$defs"].items():
+        if definition.get("type") == "object" or "properties" in definition:
+            assert "description" in definition, name
+
+
+def test_new_fields_validate_and_are_present(validator, leaky_result, study, tmp_path):
+    from privaudit.waivers import Waivers, worksheet_text
+
+    data = json.loads(leaky_result.to_json())
+    assert data["schema_version"] == "1.2.0" and data["pseudonymised"] is False and "run" in data
+    hist = data["checks"]["copies"]["histogram"]
+    assert len(hist["edges"]) == len(hist["synthetic"]) + 1 == len(hist["null"]) + 1
+    assert sum(hist["synthetic"]) == data["checks"]["copies"]["n_synthetic"]
+    assert sum(hist["null"]) == data["checks"]["copies"]["null"]["n"]
+    reason = data["verdict"]["reasons"][0]
+    assert reason["use"] == "value" and reason["compared"] == reason["value"] and reason["n_waivers"] == 0
+    assert data["verdict"]["review"] is None and data["verdict"]["n_waivers"] == 0
+    # With waivers, and pseudonymised: still valid.
+    path = tmp_path / "w.toml"
+    path.write_text(worksheet_text(data).replace('decision = "pending"\nreviewer = ""\ndate = ""\nreason = ""', 'decision = "accepted"\nreviewer = "R"\ndate = 2025-01-02\nreason = "ok"', 2))
+    reviewed = audit(study.train, study.leaky, study.holdout, waivers=Waivers.from_toml(path), out=tmp_path / "o", no_images=True)
+    assert reviewed.verdict.n_waivers == 2
+    shared = json.loads((tmp_path / "o" / "results.json").read_text())
+    validator.validate(shared)
+    validator.validate(json.loads(reviewed.to_json()))
+    # Pseudonyms are consistent across fields: the waived items are still found among the flagged.
+    flagged = {(f["synthetic_id"], f["train_id"]) for f in shared["checks"]["copies"]["flagged"]}
+    applied = [(w["item"]["synthetic_id"], w["item"]["train_id"]) for w in shared["verdict"]["review"]["applied"]]
+    assert len(applied) == 2 and set(applied) <= flagged and all(a.startswith("img-") for a, _ in applied)
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert html.count('class="waived"') == 2 and "R, 2025-01-02" in html
+
+
+def test_a_1_0_results_file_still_loads(leaky_result, tmp_path):
+    """Minor versions only add optional fields: a file without them validates and re-gates."""
+    from privaudit.results import load_results
+
+    data = json.loads(leaky_result.to_json())
+    data["schema_version"] = "1.0.0"
+    for key in ("pseudonymised",):
+        data.pop(key)
+    data["checks"]["copies"].pop("histogram")
+    for r in data["verdict"]["reasons"]:
+        for key in ("use", "compared", "n_waivers", "value_before_review"):
+            r.pop(key)
+    data["verdict"].pop("n_waivers")
+    data["verdict"].pop("review")
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    loaded = load_results(path)
+    from privaudit.reports import render_html
+
+    assert "privaudit report" in render_html(loaded)

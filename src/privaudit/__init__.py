@@ -7,7 +7,8 @@ The public API is imported lazily, so ``import privaudit`` stays cheap (no torch
     print(result.verdict.status)
 
 Names: :func:`audit`, :class:`AuditConfig`, :class:`AuditResult`, :class:`Policy`,
-:func:`load_imageset`, :class:`ImageSet`, :data:`__version__`.
+:func:`load_imageset`, :class:`ImageSet`, :class:`Waivers`, :func:`load_results`,
+:data:`__version__`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ _LAZY = {
     "Policy": "privaudit.policy",
     "load_imageset": "privaudit.data",
     "ImageSet": "privaudit.data",
+    "Waivers": "privaudit.waivers",
+    "load_results": "privaudit.results",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -32,7 +35,8 @@ if TYPE_CHECKING:
     from privaudit.config import AuditConfig
     from privaudit.data import ImageSet, load_imageset
     from privaudit.policy import Policy
-    from privaudit.results import AuditResult
+    from privaudit.results import AuditResult, load_results
+    from privaudit.waivers import Waivers
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from privaudit._version import __version__
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, help="what to do")
 
     a = sub.add_parser(
         "audit",
@@ -75,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the thresholds (strongly recommended)",
     )
     a.add_argument("--policy", metavar="FILE", help="policy TOML file (default: the shipped default policy)")
+    a.add_argument("--waivers", metavar="FILE", help="a reviewer's waivers TOML file (see 'privaudit waivers init'); the verdict says how many it relied on")
+    a.add_argument(
+        "--no-images",
+        action="store_true",
+        help="shareable outputs: no image data in the report; image ids, patient ids and paths pseudonymised in both files",
+    )
     a.add_argument("--config", metavar="FILE", help="audit configuration TOML file; options below override it")
     a.add_argument("--checks", metavar="LIST", help="comma-separated checks to run (default: copies)")
     a.add_argument(
@@ -149,6 +156,90 @@ def build_parser() -> argparse.ArgumentParser:
     where = csub.add_parser("path", help="print the cache folder", description="Print the cache folder that would be used.")
     where.add_argument("--cache-dir", metavar="DIR", help="the cache folder (default: the user's private privaudit cache)")
     _common(where)
+
+    r = sub.add_parser(
+        "report",
+        help="re-render the report from a results.json, without recomputing",
+        description="Re-render report.html from a results.json without recomputing anything. "
+        "Thumbnails are reloaded from the input paths recorded in results.json when those sets are "
+        "still there with the same content hash; otherwise the report says why they are missing.",
+    )
+    r.add_argument("results", metavar="RESULTS.json", help="a results.json written by 'privaudit audit'")
+    r.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the HTML file to write (default: report.html, or report-no-images.html with --no-images, next to RESULTS.json)",
+    )
+    r.add_argument("--pdf", action="store_true", help="also print the report to PDF (same name, .pdf) with headless Chromium")
+    r.add_argument(
+        "--no-images",
+        action="store_true",
+        help="shareable report: no image data, ids and paths pseudonymised; also writes the pseudonymised results next to it (same name, .json)",
+    )
+    r.add_argument("--force", action="store_true", help="replace existing output files")
+    _common(r)
+
+    g = sub.add_parser(
+        "gate",
+        help="re-decide the verdict of a results.json with a policy and waivers, without recomputing",
+        description="Re-decide pass/warn/fail from the figures in a results.json with a policy (and "
+        "a reviewer's waivers), without recomputing anything. The exit code is the same as "
+        "'privaudit audit' would give with that policy: made for approval pipelines.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("results", metavar="RESULTS.json", help="a results.json written by 'privaudit audit'")
+    g.add_argument("--policy", metavar="FILE", help="policy TOML file (default: the shipped default policy)")
+    g.add_argument("--waivers", metavar="FILE", help="a reviewer's waivers TOML file")
+    g.add_argument(
+        "--fail-on",
+        choices=("fail", "warn"),
+        default="fail",
+        help="lowest verdict that makes the exit code 1 (default: fail)",
+    )
+    g.add_argument("--json", action="store_true", help="print the verdict as JSON instead of text")
+    g.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also write the results with the new verdict to FILE (then 'privaudit report FILE' shows it)",
+    )
+    g.add_argument("--force", action="store_true", help="replace an existing --out file")
+    _common(g)
+
+    pol = sub.add_parser(
+        "policy",
+        help="write or check a policy file",
+        description="Write the commented default policy to start your own from, or check a policy file.",
+    )
+    pol_sub = pol.add_subparsers(dest="policy_command", metavar="ACTION", parser_class=_Parser, help="what to do")
+    pi = pol_sub.add_parser("init", help="write the commented default policy", description="Write the commented default policy to FILE (never over an existing file without --force).")
+    pi.add_argument("file", nargs="?", default="privaudit-policy.toml", metavar="FILE", help="where to write it (default: privaudit-policy.toml)")
+    pi.add_argument("--force", action="store_true", help="replace an existing FILE")
+    _common(pi)
+    pc = pol_sub.add_parser("check", help="validate a policy file and list its rules", description="Validate a policy file (one-line error, exit 2, when it is malformed) and list its rules.")
+    pc.add_argument("file", metavar="FILE", help="the policy TOML file")
+    _common(pc)
+
+    wv = sub.add_parser(
+        "waivers",
+        help="write a review worksheet for the flagged items of an audit",
+        description="Reviewer waivers: decisions on flagged items (not a copy, or accepted), with "
+        "name, date and reason, that 'audit' and 'gate' take with --waivers.",
+    )
+    wv_sub = wv.add_subparsers(dest="waivers_command", metavar="ACTION", parser_class=_Parser, help="what to do")
+    wi = wv_sub.add_parser(
+        "init",
+        help="write a review worksheet listing every flagged item as pending",
+        description="Write a waivers TOML file listing every flagged item of RESULTS.json with "
+        "decision = \"pending\", for a reviewer to fill in.",
+    )
+    wi.add_argument("results", metavar="RESULTS.json", help="a results.json written by 'privaudit audit'")
+    wi.add_argument("file", nargs="?", metavar="FILE", help="where to write it (default: waivers.toml next to RESULTS.json)")
+    wi.add_argument("--force", action="store_true", help="replace an existing FILE")
+    _common(wi)
+    wc = wv_sub.add_parser("check", help="validate a waivers file", description="Validate a waivers file (one-line error, exit 2, when it is malformed) and count its decisions.")
+    wc.add_argument("file", metavar="FILE", help="the waivers TOML file")
+    _common(wc)
     return parser
 
 
@@ -201,8 +292,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
-        _configure_logging(verbose=args.verbose, debug=args.debug)
-        commands = {"audit": _cmd_audit, "demo": _cmd_demo, "embed": _cmd_embed, "embedders": _cmd_embedders, "cache": _cmd_cache}
+        _configure_logging(verbose=getattr(args, "verbose", False), debug=getattr(args, "debug", False))
+        commands = {
+            "audit": _cmd_audit,
+            "demo": _cmd_demo,
+            "report": _cmd_report,
+            "gate": _cmd_gate,
+            "policy": _cmd_policy,
+            "waivers": _cmd_waivers,
+            "embed": _cmd_embed,
+            "embedders": _cmd_embedders,
+            "cache": _cmd_cache,
+        }
         return commands[args.command](args)
     except PrivauditError as exc:
         if debug:
@@ -260,21 +361,44 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         config = config.replace(**overrides)
     if overrides:
         config = config.replace(**overrides)
+    from privaudit.waivers import Waivers
+
     policy = Policy.from_toml(args.policy) if args.policy else Policy.default()
+    waivers = Waivers.from_toml(args.waivers) if args.waivers else None
     result = audit(
-        args.train, args.synthetic, args.holdout, config=config, policy=policy, out=args.out, force=args.force, cache=_cache_arg(args)
+        args.train, args.synthetic, args.holdout,
+        config=config, policy=policy, out=args.out, force=args.force, waivers=waivers, no_images=args.no_images,
+        cache=_cache_arg(args),
     )
     print(summarize(result, out=args.out))
-    status = result.verdict.status.value
-    failed = status == "fail" or (status == "warn" and args.fail_on == "warn")
+    return _exit_code(result.verdict.status.value, args.fail_on)
+
+
+def _exit_code(status: str, fail_on: str) -> int:
+    failed = status == "fail" or (status == "warn" and fail_on == "warn")
     return EXIT_GATE_FAILED if failed else EXIT_OK
+
+
+def _verdict_lines(verdict: Any, indent: str = "") -> list[str]:
+    lines = [f"{indent}verdict: {verdict.status.value.upper()}"]
+    for reason in verdict.reasons:
+        lines.append(f"{indent}  - {reason.message}")
+    review = getattr(verdict, "review", None)
+    if review is not None:
+        extra = []
+        if review.unmatched:
+            extra.append(f"{len(review.unmatched)} matched nothing")
+        if review.n_pending:
+            extra.append(f"{review.n_pending} pending")
+        lines.append(f"{indent}waivers relied on: {review.n_applied}" + (f" ({', '.join(extra)})" if extra else ""))
+        for note in review.notes:
+            lines.append(f"{indent}note: {note}")
+    return lines
 
 
 def summarize(result: Any, *, out: str | None = None, indent: str = "") -> str:
     """A few lines for the terminal: the verdict, its reasons, the headline figures, the files."""
-    lines = [f"{indent}verdict: {result.verdict.status.value.upper()}"]
-    for reason in result.verdict.reasons:
-        lines.append(f"{indent}  - {reason.message}")
+    lines = _verdict_lines(result.verdict, indent)
     for name, check in result.checks.items():
         lines.append(f"{indent}{name}: {check.summary}")
     for role, summary in result.inputs.items():
@@ -382,4 +506,140 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from privaudit.demo import run_demo
 
     print(run_demo(args.out, seed=args.seed, force=args.force))
+    return EXIT_OK
+
+
+def _refuse_existing(path: Path, force: bool, what: str = "") -> None:
+    from privaudit.errors import OutputError
+
+    if path.exists() and not force:
+        raise OutputError(f"{path} exists{what}; pass --force to replace it, or choose another file")
+    if path.exists() and path.is_dir():
+        raise OutputError(f"{path} is a folder")
+    if not path.parent.is_dir():
+        raise OutputError(f"the folder {path.parent} does not exist")
+
+
+def _write(path: Path, text: str) -> None:
+    from privaudit._util import atomic_write_text
+    from privaudit.errors import OutputError
+
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc})") from None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from privaudit._util import dumps_json
+    from privaudit.redact import pseudonymise
+    from privaudit.reports.html import reload_images, render_html
+    from privaudit.results import load_results
+
+    results_path = Path(args.results)
+    data = load_results(results_path)
+    default = "report-no-images.html" if args.no_images else "report.html"
+    out = Path(args.out) if args.out else results_path.parent / default
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {out}: expected an .html file name")
+    outputs = [out]
+    if args.no_images:
+        outputs.append(out.with_suffix(".json"))
+    if args.pdf:
+        outputs.append(out.with_suffix(".pdf"))
+        from privaudit.reports.pdf import find_chromium
+
+        find_chromium()  # fail before writing anything when Chromium is missing
+    for path in outputs:
+        _refuse_existing(path, args.force)
+    if args.no_images:
+        shareable = pseudonymise(data)
+        _write(out, render_html(shareable, no_images=True))
+        _write(outputs[1], dumps_json(shareable))
+        print(f"report:  {out} (no images; ids pseudonymised)")
+        print(f"results: {outputs[1]} (pseudonymised)")
+    else:
+        loader, notes = reload_images(data, results_path)
+        _write(out, render_html(data, image_loader=loader, image_notes=notes))
+        print(f"report:  {out}")
+        for note in notes.values():
+            print(f"note: thumbnails not shown: {note}")
+    if args.pdf:
+        from privaudit.reports.pdf import html_to_pdf
+
+        print(f"pdf:     {html_to_pdf(out, outputs[-1])}")
+    return EXIT_OK
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from privaudit._util import dumps_json, to_jsonable
+    from privaudit.policy import Policy
+    from privaudit.results import load_results
+    from privaudit.waivers import Waivers
+
+    data = load_results(args.results)
+    policy = Policy.from_toml(args.policy) if args.policy else Policy.default()
+    waivers = Waivers.from_toml(args.waivers) if args.waivers else None
+    if args.out:
+        _refuse_existing(Path(args.out), args.force)
+    verdict = policy.evaluate(data["checks"], waivers=waivers, inputs=data["inputs"])
+    if args.out:
+        updated = dict(data)
+        updated["verdict"] = to_jsonable(verdict)
+        _write(Path(args.out), dumps_json(updated))
+    if args.json:
+        print(json.dumps(to_jsonable(verdict), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(_verdict_lines(verdict)))
+        if args.out:
+            print(f"results: {args.out} (with this verdict)")
+    return _exit_code(verdict.status.value, args.fail_on)
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from privaudit.policy import Policy, default_policy_text
+
+    if args.policy_command is None:
+        raise ConfigError("privaudit policy: choose an action: init or check (see 'privaudit policy --help')")
+    if args.policy_command == "init":
+        path = Path(args.file)
+        _refuse_existing(path, args.force)
+        _write(path, default_policy_text())
+        print(f"policy: {path} (the commented default; edit it, then: privaudit policy check {path})")
+        return EXIT_OK
+    policy = Policy.from_toml(args.file)
+    print(f"{args.file}: valid policy, {len(policy.rules)} rule(s); not assessed counts as {policy.not_assessed.value}")
+    for rule in policy.rules:
+        bound = "" if rule.use == "value" else f", compares {rule.use}"
+        min_n = f", min_n {rule.min_n}" if rule.min_n else ""
+        print(f"  - {rule.metric}: warn {rule.warn}, fail {rule.fail}{bound}{min_n}, not assessed -> {rule.not_assessed.value}")
+    return EXIT_OK
+
+
+def _cmd_waivers(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from privaudit.results import load_results
+    from privaudit.waivers import PENDING, Waivers, worksheet_text
+
+    if args.waivers_command is None:
+        raise ConfigError("privaudit waivers: choose an action: init or check (see 'privaudit waivers --help')")
+    if args.waivers_command == "init":
+        data = load_results(args.results)
+        path = Path(args.file) if args.file else Path(args.results).parent / "waivers.toml"
+        _refuse_existing(path, args.force)
+        _write(path, worksheet_text(data))
+        n = worksheet_text(data).count("\n[[waiver]]\n")
+        print(f"waivers: {path} ({n} flagged item(s), all pending; fill in decision, reviewer, date and reason)")
+        return EXIT_OK
+    waivers = Waivers.from_toml(args.file)
+    decided = [w for w in waivers.waivers if w.decision != PENDING]
+    print(f"{args.file}: valid waivers file, {len(decided)} decided, {len(waivers.waivers) - len(decided)} pending")
     return EXIT_OK

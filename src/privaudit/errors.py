@@ -55,3 +55,10 @@ class MissingDependencyError(PrivauditError):
         self.extra = extra
         command = f"pip install 'privaudit[{extra}]'" if extra else f"pip install '{package}'"
         super().__init__(f"{needed_for} needs the '{package}' package, which is not installed: {command}")
+
+
+class MissingProgramError(PrivauditError):
+    """An external program (not a Python package) is needed for an option, e.g. Chromium for
+    ``--pdf``. The message names the program and how to install it."""
+
+    exit_code = EXIT_MISSING_DEPENDENCY

@@ -22,6 +22,7 @@ from privaudit.embed.cache import EmbeddingCache
 from privaudit.errors import InputError, OutputError
 from privaudit.policy import Policy
 from privaudit.results import SCHEMA_VERSION, AuditResult, EmbeddingCount, RunInfo, environment, utc_now
+from privaudit.waivers import Waivers
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def audit(
     out: str | os.PathLike[str] | None = None,
     force: bool = False,
     cache: EmbeddingCache | str | os.PathLike[str] | bool | None = None,
+    waivers: Waivers | str | os.PathLike[str] | None = None,
+    no_images: bool = False,
 ) -> AuditResult:
     """Audit a synthetic image set against the training set it was made from.
 
@@ -58,6 +61,11 @@ def audit(
         cache: the embedding cache: ``None`` for the default private folder (see
             :mod:`privaudit.embed.cache`), a folder, an :class:`EmbeddingCache`, or ``False``
             to embed everything afresh and store nothing.
+        waivers: a reviewer's waivers (:class:`privaudit.waivers.Waivers` or a waivers TOML
+            file); the verdict takes them into account and says how many it relied on.
+        no_images: write shareable outputs: no image data in the report, and image ids,
+            patient ids and paths pseudonymised in both files (:mod:`privaudit.redact`). The
+            returned result keeps the real ids.
 
     Returns:
         The :class:`AuditResult`, verdict included.
@@ -72,6 +80,8 @@ def audit(
     config = config or AuditConfig()
     if not isinstance(policy, Policy):
         policy = Policy.default() if policy is None else Policy.from_toml(policy)
+    if waivers is not None and not isinstance(waivers, Waivers):
+        waivers = Waivers.from_toml(waivers)
     out_dir = prepare_output_dir(out, force=force) if out is not None else None
 
     log.info("loading images")
@@ -107,6 +117,7 @@ def audit(
         log.info("running check %s", name)
         checks[name] = check.run(ctx, config.options_for(name))
 
+    inputs = {role: s.summary(role) for role, s in sets.items() if s is not None}
     result = AuditResult(
         schema_version=SCHEMA_VERSION,
         privaudit_version=__version__,
@@ -114,10 +125,10 @@ def audit(
         seed=config.seed,
         config=config.to_dict(),
         environment=environment(),
-        inputs={role: s.summary(role) for role, s in sets.items() if s is not None},
+        inputs=inputs,
         embedders=tuple(space.info for space in ctx.spaces.values()),
         checks=checks,
-        verdict=policy.evaluate(checks),
+        verdict=policy.evaluate(checks, waivers=waivers, inputs=inputs),
         warnings=tuple(warnings),
         run=RunInfo(
             cache_dir=None if store is None else str(store.root),
@@ -125,7 +136,7 @@ def audit(
         ),
     )
     if out_dir is not None:
-        write_outputs(result, out_dir, images={k: v for k, v in sets.items() if v is not None})
+        write_outputs(result, out_dir, images={k: v for k, v in sets.items() if v is not None}, no_images=no_images)
     return result
 
 
@@ -213,15 +224,28 @@ def prepare_output_dir(out: str | os.PathLike[str], *, force: bool) -> Path:
     return path
 
 
-def write_outputs(result: AuditResult, out_dir: str | os.PathLike[str], *, images: Mapping[str, ImageSet] | None) -> dict[str, Path]:
+def write_outputs(
+    result: AuditResult,
+    out_dir: str | os.PathLike[str],
+    *,
+    images: Mapping[str, ImageSet] | None,
+    no_images: bool = False,
+) -> dict[str, Path]:
     """Write ``results.json`` and ``report.html`` atomically into ``out_dir``.
 
-    Both are rendered in memory first, so a failure leaves neither half-written.
+    Both are rendered in memory first, so a failure leaves neither half-written. With
+    ``no_images`` both are the shareable, pseudonymised form.
     """
+    from privaudit._util import dumps_json
+    from privaudit.redact import pseudonymise
     from privaudit.reports import render_html
 
     out = Path(out_dir)
-    payload = {"results.json": result.to_json(), "report.html": render_html(result, images=images)}
+    if no_images:
+        shareable = pseudonymise(result.to_dict())
+        payload = {"results.json": dumps_json(shareable), "report.html": render_html(shareable, no_images=True)}
+    else:
+        payload = {"results.json": result.to_json(), "report.html": render_html(result, images=images)}
     written = {}
     for name, text in payload.items():
         try:

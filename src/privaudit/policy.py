@@ -15,6 +15,18 @@ A metric is compared in the direction its check declares: ``*_rate`` and ``*_ris
 trip it. A metric that could not be computed (check not run, not assessed, NaN) is
 "not assessed": the rule then fails, or warns if the policy says ``not_assessed = "warn"``;
 it never passes.
+
+Two more keys per rule:
+
+* ``use = "ci_high"`` (for higher-is-worse metrics; ``"ci_low"`` for higher-is-better ones)
+  compares the pessimistic end of the metric's 95 % interval instead of the estimate, so a pass
+  reads "we are 95 % sure it is below the level" (one-sided 97.5 %, from the two-sided
+  interval). A metric without an interval is then not assessed. The optimistic end is refused:
+  it would pass sets whose interval reaches past the level.
+* ``min_n = 100``: a metric resting on fewer than ``min_n`` samples is not assessed.
+
+Waivers (:mod:`privaudit.waivers`) change what a rule judges for the checks they apply to; the
+rule's message says how many it relied on and the value before review.
 """
 
 from __future__ import annotations
@@ -26,15 +38,20 @@ from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from privaudit._util import did_you_mean
+from privaudit._util import did_you_mean, to_jsonable
 from privaudit.checks.base import CheckResult, CheckStatus, Direction, Metric, metric_catalog
 from privaudit.config import read_toml
 from privaudit.errors import ConfigError
 
+if TYPE_CHECKING:
+    from privaudit.waivers import Review, Waivers
+
 POLICY_VERSION = 1
-_RULE_KEYS = ("warn", "fail", "not_assessed")
+_RULE_KEYS = ("warn", "fail", "not_assessed", "use", "min_n")
+#: What a rule can compare: the estimate, or the pessimistic end of its 95 % interval.
+_USE = {Direction.HIGHER_IS_WORSE: ("value", "ci_high"), Direction.HIGHER_IS_BETTER: ("value", "ci_low")}
 
 
 class Status(str, Enum):
@@ -58,6 +75,8 @@ class Rule:
     warn: float | None
     fail: float | None
     not_assessed: Status
+    use: str = "value"
+    min_n: int = 0
 
     def trips(self, value: float, level: float | None) -> bool:
         """Whether ``value`` is strictly beyond ``level`` in the bad direction."""
@@ -80,6 +99,10 @@ class RuleOutcome:
     warn: float | None
     fail: float | None
     message: str
+    use: str = "value"
+    compared: float | None = None
+    n_waivers: int = 0
+    value_before_review: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +116,8 @@ class Verdict:
         n_not_assessed: rules whose metric could not be measured.
         policy_source: the policy file, or ``"default"``.
         policy_sha256: hash of the policy file's bytes.
+        n_waivers: reviewer waivers the verdict relied on.
+        review: what the waivers did (``None`` without a waivers file).
     """
 
     status: Status
@@ -100,6 +125,8 @@ class Verdict:
     n_not_assessed: int
     policy_source: str
     policy_sha256: str
+    n_waivers: int = 0
+    review: Review | None = None
 
 
 @dataclass(frozen=True)
@@ -158,13 +185,54 @@ class Policy:
             raise ConfigError(f"{where}: no rules; a policy needs at least one [<check>.<metric>] table")
         return cls(rules=tuple(rules), not_assessed=default_na, source=source, sha256=sha256)
 
-    def evaluate(self, checks: Mapping[str, CheckResult]) -> Verdict:
-        """Decide the verdict from check results."""
-        return self.evaluate_metrics(metrics_of(checks))
+    def evaluate(
+        self,
+        checks: Mapping[str, CheckResult | Mapping[str, Any]],
+        *,
+        waivers: Waivers | None = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> Verdict:
+        """Decide the verdict from check results.
 
-    def evaluate_metrics(self, metrics: Mapping[str, Metric | str]) -> Verdict:
-        """Decide from ``{"check.metric": Metric}``; a string value is the reason it is missing."""
-        outcomes = [self._judge(rule, metrics.get(rule.metric, f"check '{rule.metric.split('.')[0]}' was not run")) for rule in self.rules]
+        Args:
+            checks: check results, as objects or in their ``results.json`` form (this is how
+                ``privaudit gate`` re-decides without recomputing; both give the same verdict).
+            waivers: reviewer decisions on flagged items (:mod:`privaudit.waivers`).
+            inputs: the input summaries (objects or dicts), for the waivers' post-selection check.
+        """
+        data = {name: c if isinstance(c, Mapping) else to_jsonable(c) for name, c in checks.items()}
+        metrics = metrics_from_dicts(data)
+        review, waived, n_by_check = None, {}, {}
+        if waivers is not None:
+            plain_inputs = {role: s if isinstance(s, Mapping) else to_jsonable(s) for role, s in (inputs or {}).items()}
+            review, after = waivers.apply(data, plain_inputs)
+            n_by_check = {name: sum(a.check == name for a in review.applied) for name in after}
+            for name, ms in after.items():
+                for m, value in ms.items():
+                    waived[f"{name}.{m}"] = value
+        return self.evaluate_metrics(metrics, waived=waived, n_waivers=n_by_check, review=review)
+
+    def evaluate_metrics(
+        self,
+        metrics: Mapping[str, Metric | str],
+        *,
+        waived: Mapping[str, Metric] | None = None,
+        n_waivers: Mapping[str, int] | None = None,
+        review: Review | None = None,
+    ) -> Verdict:
+        """Decide from ``{"check.metric": Metric}``; a string value is the reason it is missing.
+
+        ``waived`` holds metrics after review, replacing those in ``metrics``; ``n_waivers``
+        counts the waivers behind each check's.
+        """
+        waived = waived or {}
+        n_waivers = n_waivers or {}
+        outcomes = []
+        for rule in self.rules:
+            raw = metrics.get(rule.metric, f"check '{rule.metric.split('.')[0]}' was not run")
+            after = waived.get(rule.metric)
+            n = n_waivers.get(rule.metric.split(".")[0], 0) if after is not None else 0
+            outcomes.append(self._judge(rule, raw if after is None else after, n_waivers=n, before=raw))
         worst = max((o.counts_as for o in outcomes), key=_SEVERITY.__getitem__)
         return Verdict(
             status=worst,
@@ -172,21 +240,35 @@ class Policy:
             n_not_assessed=sum(o.status is Status.NOT_ASSESSED for o in outcomes),
             policy_source=self.source,
             policy_sha256=self.sha256,
+            n_waivers=review.n_applied if review is not None else 0,
+            review=review,
         )
 
-    def _judge(self, rule: Rule, metric: Metric | str) -> RuleOutcome:
+    def _judge(self, rule: Rule, metric: Metric | str, *, n_waivers: int = 0, before: Metric | str | None = None) -> RuleOutcome:
         levels = dict(warn=rule.warn, fail=rule.fail)
-        if isinstance(metric, str) or not metric.assessed:
-            why = metric if isinstance(metric, str) else "the value could not be computed"
+        why = None
+        if isinstance(metric, str):
+            why = metric
+        elif not metric.assessed:
+            why = "the value could not be computed"
+        elif metric.n < rule.min_n:
+            why = f"n = {metric.n} is below the policy's min_n = {rule.min_n}"
+        elif rule.use != "value" and not _finite(getattr(metric, rule.use)):
+            why = f"the rule compares the {_bound_words(rule.use)} of the 95% interval, and this metric has none"
+        if why is not None:
             return RuleOutcome(
                 rule.metric, Status.NOT_ASSESSED, rule.not_assessed, None, None, None,
                 None if isinstance(metric, str) else metric.n, **levels,
                 message=f"{rule.metric}: not assessed ({why}); counts as {rule.not_assessed.value}",
+                use=rule.use,
+                n_waivers=n_waivers,
             )
+        assert isinstance(metric, Metric)
         value = float(metric.value)  # type: ignore[arg-type]
-        if rule.trips(value, rule.fail):
+        compared = value if rule.use == "value" else float(getattr(metric, rule.use))
+        if rule.trips(compared, rule.fail):
             status, level, word = Status.FAIL, rule.fail, "fail"
-        elif rule.trips(value, rule.warn):
+        elif rule.trips(compared, rule.warn):
             status, level, word = Status.WARN, rule.warn, "warn"
         else:
             status = Status.PASS
@@ -197,10 +279,41 @@ class Policy:
         interval = ""
         if metric.ci_low is not None and metric.ci_high is not None:
             interval = f" (95% CI {_fmt(metric.ci_low)} to {_fmt(metric.ci_high)})"
+        if rule.use == "value":
+            head = f"{rule.metric} = {_fmt(value)}{interval}"
+        else:
+            head = f"{rule.metric}: {_bound_words(rule.use)} of the 95% CI {_fmt(compared)} (estimate {_fmt(value)}{interval})"
+        review = ""
+        before_value = before.value if isinstance(before, Metric) else None
+        if n_waivers:
+            review = f", after {n_waivers} waiver{'s' * (n_waivers != 1)} (before review {_fmt(before_value)})"
         return RuleOutcome(
             rule.metric, status, status, value, metric.ci_low, metric.ci_high, metric.n, **levels,
-            message=f"{rule.metric} = {_fmt(value)}{interval}, n = {metric.n}: {relation} {_fmt(level)}: {status.value}",
+            message=f"{head}, n = {metric.n}{review}: {relation} {_fmt(level)}: {status.value}",
+            use=rule.use,
+            compared=compared,
+            n_waivers=n_waivers,
+            value_before_review=before_value if n_waivers else None,
         )
+
+
+def metrics_from_dicts(checks: Mapping[str, Mapping[str, Any]]) -> dict[str, Metric | str]:
+    """:func:`metrics_of` for check results in their ``results.json`` form."""
+    out: dict[str, Metric | str] = {}
+    for name, result in checks.items():
+        for metric, m in result.get("metrics", {}).items():
+            if result.get("status") == CheckStatus.NOT_ASSESSED.value:
+                out[f"{name}.{metric}"] = f"check not assessed: {result.get('reason')}"
+            else:
+                value = m.get("value")
+                out[f"{name}.{metric}"] = Metric(
+                    value=math.nan if value is None else float(value),
+                    n=int(m.get("n", 0)),
+                    ci_low=m.get("ci_low"),
+                    ci_high=m.get("ci_high"),
+                    direction=Direction(m.get("direction", Direction.HIGHER_IS_WORSE.value)),
+                )
+    return out
 
 
 def metrics_of(checks: Mapping[str, CheckResult]) -> dict[str, Metric | str]:
@@ -250,7 +363,20 @@ def _rule(name: str, direction: Direction, levels: Any, default_na: Status, wher
             order = "at or above" if direction is Direction.HIGHER_IS_WORSE else "at or below"
             raise ConfigError(f"{where}: fail ({fail:g}) must be {order} warn ({warn:g}) for a metric that is {direction.value.replace('_', ' ')}")
     na = _not_assessed(levels.get("not_assessed", default_na.value), f"{where}: not_assessed")
-    return Rule(name, direction, warn, fail, na)
+    use = levels.get("use", "value")
+    allowed = _USE[direction]
+    if use not in allowed:
+        if use in ("ci_low", "ci_high"):
+            raise ConfigError(
+                f"{where}: use = {use!r} is the optimistic end of the interval for a metric that is "
+                f"{direction.value.replace('_', ' ')}: it would pass sets whose interval reaches past the level; "
+                f"use {allowed[1]!r} (or 'value')"
+            )
+        raise ConfigError(f"{where}: use must be one of {', '.join(repr(a) for a in allowed)}{did_you_mean(str(use), ('value', 'ci_high', 'ci_low'))}; got {use!r}")
+    min_n = levels.get("min_n", 0)
+    if isinstance(min_n, bool) or not isinstance(min_n, int) or min_n < 0:
+        raise ConfigError(f"{where}: min_n must be a non-negative integer; got {min_n!r}")
+    return Rule(name, direction, warn, fail, na, use=use, min_n=min_n)
 
 
 def _not_assessed(value: Any, where: str) -> Status:
@@ -262,6 +388,14 @@ def _not_assessed(value: Any, where: str) -> Status:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
+def _bound_words(use: str) -> str:
+    return {"ci_high": "upper end", "ci_low": "lower end"}.get(use, use)
 
 
 def _fmt(x: float | None) -> str:

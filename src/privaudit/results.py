@@ -8,20 +8,24 @@ part when a field is removed or changes meaning, its minor part when fields are 
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from privaudit._util import dumps_json, to_jsonable
+from privaudit._version import __version__
 from privaudit.checks.base import CheckResult
 from privaudit.data.imageset import InputSummary
 from privaudit.embed.base import EmbedderInfo
+from privaudit.errors import InputError
 from privaudit.policy import Verdict
 
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class AuditResult:
         verdict: the policy's decision.
         warnings: audit-level caveats (checks add their own).
         run: facts about this run that change no figure (cache use).
+        pseudonymised: whether identifiers were replaced (``--no-images``; see
+            :mod:`privaudit.redact`). Always ``False`` on the object an audit returns.
     """
 
     schema_version: str
@@ -73,6 +79,7 @@ class AuditResult:
     verdict: Verdict
     warnings: tuple[str, ...] = ()
     run: RunInfo | None = None
+    pseudonymised: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (NaN becomes ``null``)."""
@@ -101,6 +108,57 @@ def environment() -> dict[str, str]:
         "torch": torch.__version__,
         "faiss": faiss.__version__,
     }
+
+
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a ``results.json`` and validate it against the schema; one-line errors.
+
+    Files of an older minor schema version validate (minor versions only add optional fields);
+    a newer minor or another major version is refused with the version it needs.
+
+    Raises:
+        InputError: missing, unreadable, not JSON, not a privaudit result, or invalid.
+    """
+    import jsonschema
+
+    p = Path(path)
+    what = f"results file {p}"
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{what} not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} is a folder; give the results.json inside it") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{what} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"{what} cannot be read ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(data, dict) or "schema_version" not in data or "verdict" not in data:
+        raise InputError(f"{what} is not a privaudit results.json (no schema_version and verdict)")
+    version = str(data["schema_version"])
+    ours = [int(x) for x in SCHEMA_VERSION.split(".")]
+    try:
+        theirs = [int(x) for x in version.split(".")]
+    except ValueError:
+        raise InputError(f"{what}: schema_version {version!r} is not a version number") from None
+    if theirs[0] != ours[0] or theirs[1] > ours[1]:
+        raise InputError(
+            f"{what} uses results schema {version}; this privaudit ({__version__}) reads "
+            f"{ours[0]}.0 to {ours[0]}.{ours[1]}: use the privaudit version that wrote it ({data.get('privaudit_version', 'unknown')})"
+        )
+    validator = jsonschema.Draft202012Validator(results_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        where = "/".join(str(x) for x in error.absolute_path) or "the top level"
+        message = " ".join(error.message.split())
+        if len(message) > 200:
+            message = message[:200] + "..."
+        raise InputError(f"{what} does not match the results schema at {where}: {message}")
+    return data
 
 
 def results_schema() -> dict[str, Any]:

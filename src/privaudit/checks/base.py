@@ -183,6 +183,25 @@ class AuditContext:
         return np.random.SeedSequence([self.seed, key])
 
 
+@dataclass(frozen=True)
+class Reviewable:
+    """What a human reviewer can waive in a check's result (see :mod:`privaudit.waivers`).
+
+    Attributes:
+        field: the list of flagged items in the result's dict form, e.g. ``"flagged"``.
+        keys: the fields that identify one item, e.g. ``("synthetic_id", "train_id")``; a waiver
+            names all of them.
+        decisions: the decisions a reviewer can record, each with its meaning in words.
+        score: a field recorded in review worksheets so that a waiver only applies to the same
+            pair with the same score (``None``: match on the keys alone).
+    """
+
+    field: str
+    keys: tuple[str, ...]
+    decisions: Mapping[str, str]
+    score: str | None = None
+
+
 class Check(ABC):
     """A check: a name, an options dataclass, the metrics it reports, and :meth:`run`."""
 
@@ -205,6 +224,23 @@ class Check(ABC):
     @abstractmethod
     def run(self, ctx: AuditContext, options: Any) -> CheckResult:
         """Measure, and return a result; never print, render or decide pass/fail."""
+
+    #: What a reviewer can waive, or ``None`` when the check has nothing to review.
+    reviewable: ClassVar[Reviewable | None] = None
+
+    @classmethod
+    def metrics_after_review(cls, result: Mapping[str, Any], decisions: list[str]) -> dict[str, Metric]:
+        """The metrics the policy judges once reviewed items are taken into account.
+
+        Args:
+            result: the check's result in its ``results.json`` form (so ``privaudit gate`` can
+                call it without recomputing).
+            decisions: one reviewer decision per flagged item that a waiver matched.
+
+        Only checks with :attr:`reviewable` implement it; it must return every metric in
+        :attr:`metrics`, equal to the unreviewed ones when ``decisions`` is empty.
+        """
+        raise NotImplementedError(f"check {cls.name!r} has nothing a reviewer can waive")
 
 
 CHECKS: Registry[type[Check]] = Registry("check", entry_point_group="privaudit.checks")

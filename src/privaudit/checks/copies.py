@@ -16,7 +16,9 @@ Without a holdout, the null falls back to leave-one-patient-out similarities ins
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from privaudit.checks.base import (
     Direction,
     Metric,
     MetricSpec,
+    Reviewable,
 )
 from privaudit.errors import ConfigError
 from privaudit.search import knn_excluding_self
@@ -99,6 +102,20 @@ class NullSummary:
     max: float | None
 
 
+@dataclass(frozen=True)
+class SimilarityHistogram:
+    """The synthetic and null similarities binned on shared edges, for the report's chart
+    (``privaudit report`` redraws it from ``results.json``). Counts only: no per-image value."""
+
+    edges: tuple[float, ...]
+    synthetic: tuple[int, ...]
+    null: tuple[int, ...]
+
+
+#: Bins of :class:`SimilarityHistogram`.
+HISTOGRAM_BINS = 40
+
+
 @dataclass(frozen=True, kw_only=True)
 class CopiesResult(CheckResult):
     """Result of the ``copies`` check (see the module docstring)."""
@@ -115,6 +132,7 @@ class CopiesResult(CheckResult):
     null: NullSummary | None
     duplicates_removed: tuple[DuplicatePair, ...]
     flagged: tuple[FlaggedCopy, ...]
+    histogram: SimilarityHistogram | None = None
 
 
 @CHECKS.register("copies")
@@ -137,6 +155,47 @@ class CopiesCheck(Check):
             "share of synthetic images flagged as copies at the per-image level alpha",
         ),
     }
+
+    reviewable = Reviewable(
+        field="flagged",
+        keys=("synthetic_id", "train_id"),
+        decisions={
+            "not_a_copy": "a reviewer looked at the pair and judged it a false alarm",
+            "accepted": "the pair is a copy (or too close), and its release was accepted",
+        },
+        score="similarity",
+    )
+
+    @classmethod
+    def metrics_after_review(cls, result: Mapping[str, Any], decisions: list[str]) -> dict[str, Metric]:
+        """Flagged rate and excess after waivers.
+
+        ``accepted`` pairs are copies whose release was accepted: they leave the count. ``not_a_copy``
+        pairs are false alarms found by a person: they leave the count too, but they also use up
+        the allowance for chance flags (about ``alpha * m`` false alarms are expected, and review
+        has explained some of them), so ``excess = (k - a - max(f, alpha * m)) / m`` for ``k``
+        flagged, ``a`` accepted and ``f`` not-a-copy pairs among ``m`` synthetic images. Waiving
+        false alarms up to the chance level therefore does not lower the excess: they were never
+        counted against the set.
+        """
+        m = int(result["n_synthetic"])
+        k = int(result["n_flagged"])
+        not_copy = sum(d == "not_a_copy" for d in decisions)
+        accepted = sum(d == "accepted" for d in decisions)
+        if result["status"] != CheckStatus.ASSESSED.value or m == 0:
+            return {name: Metric(None, m, direction=spec.direction) for name, spec in cls.metrics.items()}
+        remaining = k - not_copy - accepted
+        if remaining < 0:
+            raise ValueError(f"{len(decisions)} waivers for {k} flagged pairs")
+        alpha_att = float(result["alpha_attainable"])
+        # (the first branch keeps the unreviewed figures bit-identical to run()'s)
+        allowance = alpha_att if not_copy == 0 else max(0.0, alpha_att * m - not_copy) / m
+        lo, hi = clopper_pearson(remaining, m)
+        rate = remaining / m
+        return {
+            "excess_flag_rate": Metric(rate - allowance, m, lo - allowance, hi - allowance),
+            "flagged_rate": Metric(rate, m, lo, hi),
+        }
 
     def run(self, ctx: AuditContext, options: CopiesOptions) -> CopiesResult:
         """Build the null, score every synthetic image, flag at ``alpha``."""
@@ -181,6 +240,7 @@ class CopiesCheck(Check):
             n_synthetic=m,
             null=null,
             duplicates_removed=tuple(duplicates),
+            histogram=similarity_histogram(scores, null_scores),
         )
         n_above_max = int((scores > null_scores.max()).sum()) if n else 0
         if alpha_att == 0.0:
@@ -240,6 +300,24 @@ class CopiesCheck(Check):
             flagged=flagged,
             **common,
         )
+
+
+def similarity_histogram(scores: np.ndarray, null_scores: np.ndarray, *, bins: int = HISTOGRAM_BINS) -> SimilarityHistogram | None:
+    """Both score sets on ``bins`` shared, equal-width bins spanning all of them."""
+    both = np.concatenate([scores, null_scores]) if null_scores.size else scores
+    if both.size == 0:
+        return None
+    lo, hi = float(both.min()), float(both.max())
+    if hi - lo < 1e-6:  # all equal: one narrow bin around the value
+        lo, hi = lo - 5e-4, hi + 5e-4
+    edges = np.linspace(lo, hi, bins + 1)
+    syn, _ = np.histogram(scores, bins=edges)
+    null, _ = np.histogram(null_scores, bins=edges)
+    return SimilarityHistogram(
+        edges=tuple(float(e) for e in edges),
+        synthetic=tuple(int(c) for c in syn),
+        null=tuple(int(c) for c in null),
+    )
 
 
 def _summary(k: int, m: int, alpha_att: float, n_images: int, n_patients: int | None, source: str) -> str:
