@@ -2,9 +2,12 @@
 
 Real images from ../shared/data: a training split, copies of some training images planted under
 each transform family of privaudit.transforms, and real non-copies (other images or other
-patients). For each embedder, the score of an image is its similarity to its most similar
-training image; the threshold is set on the real non-copies at 1 % FPR (and 0.1 % where there are
-at least 3,000 non-copies); recall is the share of planted copies above it, per family.
+patients). For each embedder, an image is scored as the copies check scores it by default (``relative``):
+its similarity to its most similar training image minus its similarity to its most similar real
+non-copy (for a non-copy itself: the most similar non-copy of *another* patient, or another
+image where there are no patient ids). The non-copies are the null. The threshold is set on the
+null at 1 % FPR (and 0.1 % where there are at least 3,000 non-copies); recall is the share of
+planted copies above it, per family. ``--score raw`` scores by the similarity alone.
 Families the copydetect descriptor never saw in training are marked "held out": recall on the
 families it was trained for is optimistic.
 
@@ -29,7 +32,7 @@ from privaudit import transforms
 from privaudit.data import ImageSet, load_imageset
 from privaudit.embed import get_embedder
 from privaudit.embed.copydetect import HELD_OUT
-from privaudit.search import knn
+from privaudit.search import knn, knn_excluding_self
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=2500)
     parser.add_argument("--per-family", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--score", default="relative", choices=("relative", "raw", "ratio"))
     args = parser.parse_args(argv)
     if not DATA.exists() and args.dataset != "phantoms":
         print(f"real data not found at {DATA}", file=sys.stderr)
@@ -97,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     train, noncopies, note = load(args.dataset, args.n_train, args.seed)
     copies, families, sources = plant(train, args.per_family, args.seed)
     families_arr, sources_arr = np.array(families), np.array(sources)
-    print(f"{args.dataset}: {len(train)} training images, {len(noncopies)} real non-copies, {len(copies)} planted copies ({note})")
+    print(f"{args.dataset}: {len(train)} training images, {len(noncopies)} real non-copies, {len(copies)} planted copies ({note}); {args.score} score")
     fprs = [0.01] + ([0.001] if len(noncopies) >= 3000 else [])
-    figures: dict[str, object] = {"dataset": args.dataset, "n_train": len(train), "n_noncopies": len(noncopies), "note": note, "embedders": {}}
+    groups = np.asarray(noncopies.patient_ids) if noncopies.patient_ids is not None else np.arange(len(noncopies))
+    figures: dict[str, object] = {"dataset": args.dataset, "score": args.score, "n_train": len(train), "n_noncopies": len(noncopies), "note": note, "embedders": {}}
     for name in args.embedders.split(","):
         embedder = get_embedder(name)
         t0 = time.perf_counter()
@@ -114,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         null = knn(e_non, e_train, k=1).similarities[:, 0]
         hit = knn(e_copy, e_train, k=1)
         score, nearest = hit.similarities[:, 0], hit.indices[:, 0]
+        if args.score == "relative":
+            null = null - knn_excluding_self(e_non, k=1, groups=groups).similarities[:, 0]
+            score = score - knn(e_copy, e_non, k=1).similarities[:, 0]
+        elif args.score == "ratio":
+            null_ref = knn_excluding_self(e_non, k=1, groups=groups).similarities[:, 0]
+            null = np.log(np.clip(1 - null_ref, 1e-6, None)) - np.log(np.clip(1 - null, 1e-6, None))
+            ref = knn(e_copy, e_non, k=1).similarities[:, 0]
+            score = np.log(np.clip(1 - ref, 1e-6, None)) - np.log(np.clip(1 - score, 1e-6, None))
         row: dict[str, object] = {"fit_s": round(t_fit, 1), "embed_images_per_s": round((len(train) + len(noncopies) + len(copies)) / t_embed, 1)}
         print(f"\n{name}: fit {t_fit:.1f} s, embedding {row['embed_images_per_s']} images/s")
         header = "family".ljust(10) + "".join(f"  recall@{f:.1%}FPR".rjust(18) for f in fprs) + "  linked".rjust(10) + ("  (held out)" if embedder.requires_fit else "")

@@ -48,7 +48,7 @@ CASES = [
 
 @pytest.fixture
 def fill(study_files, tmp_path, monkeypatch):
-    (tmp_path / "typo.toml").write_text("[copies.excess_flag_rate]\nfial = 0.1\n")
+    (tmp_path / "typo.toml").write_text("[copies.copy_rate]\nfial = 0.1\n")
     (tmp_path / "cfg.toml").write_text('[copies]\nalpha = "small"\n')
     (tmp_path / "afile").write_text("mine")
     (tmp_path / "full").mkdir()
@@ -90,7 +90,7 @@ def test_user_files_survive(fill, tmp_path, capsys):
 
 
 def test_fail_on_warn(fill, tmp_path, capsys):
-    (tmp_path / "strict.toml").write_text("[copies.excess_flag_rate]\nwarn = -1.0\nfail = 0.5\n")
+    (tmp_path / "strict.toml").write_text("[copies.copy_rate]\nwarn = -1.0\nfail = 0.5\n")
     base = ["audit", "--train", "{train}", "--synthetic", "{clean}", "--holdout", "{holdout}", "--policy", "{tmp}/strict.toml", "--force"]
     assert main(fill(base + ["--out", "{tmp}/w1"], "x")) == 0
     assert "verdict: WARN" in capsys.readouterr().out

@@ -13,18 +13,35 @@ def test_defaults_and_round_trip(tmp_path):
     cfg = AuditConfig()
     assert cfg.to_dict() == {
         "seed": 0,
-        "embedders": ["pixels"],
+        "embedders": ["pixels", "copydetect"],
         "checks": ["copies"],
         "max_skipped": 0.05,
         "batch_size": 256,
         "device": "cpu",
-        "check_options": {"copies": {"alpha": 0.01, "near_duplicate_similarity": None}},
-        "embedder_options": {},
+        "check_options": {
+            "copies": {
+                "fdr": 0.05, "method": "fdr", "alpha": 0.01, "score": "ratio", "near_duplicate_similarity": None,
+                "embedders": None, "positive_control": 48, "bootstrap": 200, "explain": 200,
+            }
+        },
+        "embedder_options": {
+            "copydetect": {
+                "max_images": 5000, "epochs": 40.0, "min_steps": 200, "max_steps": 800, "batch_size": 128,
+                "temperature": 0.1, "learning_rate": 0.003, "width": 16, "size": 32, "crop_min": 0.7,
+            }
+        },
     }
     path = tmp_path / "c.toml"
-    path.write_text('seed = 4\nchecks = ["copies"]\n[copies]\nalpha = 0.05\nnear_duplicate_similarity = 1\n')
+    path.write_text(
+        'seed = 4\nchecks = ["copies"]\nembedders = ["pixels"]\n[copies]\nalpha = 0.05\nnear_duplicate_similarity = 1\n'
+        'embedders = ["pixels"]\n[embedder_options.copydetect]\nmax_steps = 300\n'
+    )
     cfg = AuditConfig.from_toml(path)
-    assert cfg.seed == 4 and cfg.options_for("copies") == CopiesOptions(alpha=0.05, near_duplicate_similarity=1.0)
+    assert cfg.seed == 4 and cfg.embedders == ("pixels",)
+    assert cfg.options_for("copies") == CopiesOptions(alpha=0.05, near_duplicate_similarity=1.0, embedders=("pixels",))
+    assert cfg.embedder_options_for("copydetect").max_steps == 300
+    # Options of embedders the audit does not use are not recorded.
+    assert cfg.to_dict()["embedder_options"] == {}
 
 
 @pytest.mark.parametrize(
@@ -43,8 +60,12 @@ def test_defaults_and_round_trip(tmp_path):
         ({"copies": {"alpha": 1.5}}, "copies.alpha must lie in \\(0, 1\\)"),
         ({"copies": {"alpha": "x"}}, "alpha: expected float; got text"),
         ({"copies": 3}, "expected a table"),
+        ({"copies": {"score": "ratios"}}, "did you mean 'ratio'"),
+        ({"copies": {"fdr": 0}}, "copies.fdr must lie in \\(0, 1\\)"),
+        ({"embedder_options": {"copydetect": {"widht": 8}}}, "unknown key 'widht' \\(did you mean 'width'\\?\\)"),
+        ({"embedder_options": {"pixels": {"size": 8}}}, "embedder 'pixels' takes no options"),
     ],
-    ids=["typo", "str-int", "bool-int", "not-list", "check-typo", "no-checks", "dup-check", "embedder-typo", "range", "option-typo", "option-range", "option-type", "not-table"],
+    ids=["typo", "str-int", "bool-int", "not-list", "check-typo", "no-checks", "dup-check", "embedder-typo", "range", "option-typo", "option-range", "option-type", "not-table", "literal", "fdr", "embedder-option-typo", "no-options"],
 )
 def test_bad_configs(data, message):
     with pytest.raises(ConfigError, match=message):

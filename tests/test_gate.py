@@ -56,13 +56,13 @@ def test_gate_reproduces_the_audit_verdict(audited, name, capsys):
 def test_gate_reproduces_a_not_assessed_verdict(study, tmp_path):
     audit(study.train, study.leaky, study.holdout.subset(range(20)), out=tmp_path / "na")
     data = load_results(tmp_path / "na" / "results.json")
-    assert data["verdict"]["n_not_assessed"] == 1 and verdict_of(tmp_path / "na" / "results.json") == data["verdict"]
+    assert data["verdict"]["n_not_assessed"] == len(Policy.default().rules) and verdict_of(tmp_path / "na" / "results.json") == data["verdict"]
     assert main(["gate", str(tmp_path / "na" / "results.json")]) == 1
 
 
 def test_gate_with_another_policy_json_and_out(audited, tmp_path, capsys):
     lenient = tmp_path / "lenient.toml"
-    lenient.write_text("[copies.excess_flag_rate]\nwarn = 0.1\nfail = 0.5\n")
+    lenient.write_text("[copies.copy_rate]\nwarn = 0.1\nfail = 0.5\n")
     assert main(["gate", str(audited["leaky"]), "--policy", str(lenient)]) == 0
     assert "verdict: WARN" in capsys.readouterr().out
     assert main(["gate", str(audited["leaky"]), "--policy", str(lenient), "--fail-on", "warn"]) == 1
@@ -172,8 +172,8 @@ def test_policy_init_and_check(tmp_path, capsys, monkeypatch):
     assert "my edits" in written.read_text()
     assert main(["policy", "init", "--force"]) == 0 and "my edits" not in written.read_text()
     assert main(["policy", "check", str(written)]) == 0
-    assert "valid policy, 1 rule(s)" in capsys.readouterr().out
-    (tmp_path / "bad.toml").write_text('[copies.excess_flag_rate]\nfail = 0.1\nuse = "ci_hihg"\n')
+    assert f"valid policy, {len(Policy.default().rules)} rule(s)" in capsys.readouterr().out
+    (tmp_path / "bad.toml").write_text('[copies.copy_rate]\nfail = 0.1\nuse = "ci_hihg"\n')
     assert main(["policy", "check", "bad.toml"]) == 2
     assert "did you mean 'ci_high'" in capsys.readouterr().err
     assert main(["policy"]) == 2
@@ -222,30 +222,33 @@ def test_waivers_change_the_verdict_and_say_so(audited, tmp_path, capsys):
     assert "verdict: PASS" in out and f"after {k} waivers (before review" in out and f"waivers relied on: {k}" in out
     v = verdict_of(audited["leaky"], waivers=Waivers.from_toml(path))
     assert v["n_waivers"] == k and v["reasons"][0]["n_waivers"] == k
-    assert v["reasons"][0]["value_before_review"] == c["metrics"]["excess_flag_rate"]["value"]
-    # The check's own figures are untouched: only the judged metric changes.
-    assert v["reasons"][0]["value"] == pytest.approx(-c["alpha_attainable"])
+    assert v["reasons"][0]["value_before_review"] == c["metrics"]["copy_rate"]["value"]
+    # The check's own figures are untouched: only the judged metric changes (to no copies left).
+    assert v["reasons"][0]["value"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_false_alarm_waivers_use_up_the_chance_allowance(audited):
-    """not_a_copy waivers up to alpha*m leave the excess unchanged; beyond, they lower it."""
+    """not_a_copy waivers up to lambda*m leave the copy-rate estimate unchanged; beyond, they
+    lower it; accepted pairs always leave it."""
     from privaudit.checks.copies import CopiesCheck
 
     c = load_results(audited["leaky"])["checks"]["copies"]
-    m, k, a = c["n_synthetic"], c["n_flagged"], c["alpha_attainable"]
+    m, k, lam = c["n_synthetic"], c["n_flagged"], c["alpha_attainable"]
     raw = CopiesCheck.metrics_after_review(c, [])
-    assert raw["excess_flag_rate"].value == c["metrics"]["excess_flag_rate"]["value"]  # exact
+    assert raw["copy_rate"].value == c["metrics"]["copy_rate"]["value"]  # exact
     assert raw["flagged_rate"].ci_high == c["metrics"]["flagged_rate"]["ci_high"]
-    # excess = (k - accepted - max(not_a_copy, alpha * m)) / m
+    below = c["metrics"]["copy_rate"]["value"] * (1 - lam) * m + lam * m  # p-values <= lambda
+    # copy_rate = max(0, below - accepted - max(not_a_copy, lambda * m)) / ((1 - lambda) m)
     for f in range(4):
         for acc in range(3):
             got = CopiesCheck.metrics_after_review(c, ["not_a_copy"] * f + ["accepted"] * acc)
-            assert got["excess_flag_rate"].value == pytest.approx((k - acc - max(f, a * m)) / m), (f, acc)
+            expected = max(0.0, below - acc - max(f, lam * m)) / ((1 - lam) * m)
+            assert got["copy_rate"].value == pytest.approx(expected), (f, acc)
             assert got["flagged_rate"].value == pytest.approx((k - acc - f) / m)
-    # With a larger alpha*m, a false alarm within the chance allowance changes nothing.
-    wide = dict(c, alpha_attainable=0.05)
-    base = CopiesCheck.metrics_after_review(wide, [])["excess_flag_rate"].value
-    assert CopiesCheck.metrics_after_review(wide, ["not_a_copy"] * 2)["excess_flag_rate"].value == pytest.approx(base)
+    # False alarms within the chance allowance change nothing.
+    within = int(lam * m)
+    if within:
+        assert CopiesCheck.metrics_after_review(c, ["not_a_copy"] * within)["copy_rate"].value == pytest.approx(raw["copy_rate"].value)
     with pytest.raises(ValueError):
         CopiesCheck.metrics_after_review(c, ["accepted"] * (k + 1))
 

@@ -8,11 +8,11 @@ from privaudit.checks.base import Direction, Metric
 from privaudit.errors import ConfigError
 from privaudit.policy import Policy, Status, default_policy_text
 
-RULE = "copies.excess_flag_rate"
+RULE = "copies.copy_rate"
 
 
 def policy(**rule: object) -> Policy:
-    return Policy.from_dict({"copies": {"excess_flag_rate": rule}})
+    return Policy.from_dict({"copies": {"copy_rate": rule}})
 
 
 def verdict(p: Policy, value: float | None):
@@ -44,7 +44,7 @@ def test_not_assessed_never_passes(value):
     assert v.status is Status.FAIL and v.reasons[0].status is Status.NOT_ASSESSED and v.n_not_assessed == 1
     v = verdict(policy(warn=0.01, fail=0.02, not_assessed="warn"), value)
     assert v.status is Status.WARN
-    v = Policy.from_dict({"not_assessed": "warn", "copies": {"excess_flag_rate": {"fail": 0.1}}}).evaluate_metrics({})
+    v = Policy.from_dict({"not_assessed": "warn", "copies": {"copy_rate": {"fail": 0.1}}}).evaluate_metrics({})
     assert v.status is Status.WARN and "check 'copies' was not run" in v.reasons[0].message
 
 
@@ -57,16 +57,16 @@ def test_only_one_level_is_enough():
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"copies": {"excess_flag_rat": {"fail": 0.1}}}, "no metric 'excess_flag_rat' \\(did you mean 'excess_flag_rate'\\?\\)"),
-        ({"copy": {"excess_flag_rate": {"fail": 0.1}}}, "unknown key 'copy' \\(did you mean 'copies'\\?\\)"),
-        ({"copies": {"excess_flag_rate": {"fial": 0.1}}}, "unknown key 'fial' \\(did you mean 'fail'\\?\\)"),
-        ({"copies": {"excess_flag_rate": {"fail": "high"}}}, "fail must be a number; got str 'high'"),
-        ({"copies": {"excess_flag_rate": {"fail": True}}}, "fail must be a number; got bool"),
-        ({"copies": {"excess_flag_rate": {"warn": 0.2, "fail": 0.1}}}, "fail \\(0.1\\) must be at or above warn \\(0.2\\)"),
-        ({"copies": {"excess_flag_rate": {}}}, "sets neither 'warn' nor 'fail'"),
-        ({"copies": {"excess_flag_rate": 0.1}}, "must be a table"),
-        ({"not_assessed": "pass", "copies": {"excess_flag_rate": {"fail": 0.1}}}, "must be \"fail\" or \"warn\""),
-        ({"version": 2, "copies": {"excess_flag_rate": {"fail": 0.1}}}, "version 2 is not supported"),
+        ({"copies": {"copy_rat": {"fail": 0.1}}}, "no metric 'copy_rat' \\(did you mean 'copy_rate'\\?\\)"),
+        ({"copy": {"copy_rate": {"fail": 0.1}}}, "unknown key 'copy' \\(did you mean 'copies'\\?\\)"),
+        ({"copies": {"copy_rate": {"fial": 0.1}}}, "unknown key 'fial' \\(did you mean 'fail'\\?\\)"),
+        ({"copies": {"copy_rate": {"fail": "high"}}}, "fail must be a number; got str 'high'"),
+        ({"copies": {"copy_rate": {"fail": True}}}, "fail must be a number; got bool"),
+        ({"copies": {"copy_rate": {"warn": 0.2, "fail": 0.1}}}, "fail \\(0.1\\) must be at or above warn \\(0.2\\)"),
+        ({"copies": {"copy_rate": {}}}, "sets neither 'warn' nor 'fail'"),
+        ({"copies": {"copy_rate": 0.1}}, "must be a table"),
+        ({"not_assessed": "pass", "copies": {"copy_rate": {"fail": 0.1}}}, "must be \"fail\" or \"warn\""),
+        ({"version": 2, "copies": {"copy_rate": {"fail": 0.1}}}, "version 2 is not supported"),
         ({"version": 1}, "no rules"),
     ],
     ids=["metric-typo", "check-typo", "key-typo", "wrong-type", "bool", "order", "no-levels", "not-table", "na-pass", "version", "empty"],
@@ -79,7 +79,7 @@ def test_malformed_policies_get_one_line_errors(data, message):
 
 def test_policy_files(tmp_path):
     good = tmp_path / "p.toml"
-    good.write_text('[copies.excess_flag_rate]\nfail = 0.5\n')
+    good.write_text('[copies.copy_rate]\nfail = 0.5\n')
     p = Policy.from_toml(good)
     assert p.source == str(good) and len(p.sha256) == 64
     bad = tmp_path / "bad.toml"
@@ -95,7 +95,11 @@ def test_default_policy_is_commented_and_valid():
     assert text.count("#") > 10
     p = Policy.default()
     assert p.source == "default" and p.not_assessed is Status.FAIL
-    assert [(r.metric, r.warn, r.fail) for r in p.rules] == [(RULE, 0.01, 0.02)]
+    assert [(r.metric, r.warn, r.fail) for r in p.rules] == [
+        (RULE, 0.01, 0.02),
+        ("copies.flagged_rate", 0.0, 0.02),
+        ("copies.control_sensitivity_score", 0.8, 0.5),
+    ]
 
 
 # --- interval bounds, min_n, and every rule of the catalog at its boundary --------------------
@@ -142,7 +146,7 @@ def test_min_n():
 )
 def test_bad_use_and_min_n(rule, message):
     with pytest.raises(ConfigError, match=message) as info:
-        Policy.from_dict({"copies": {"excess_flag_rate": rule}})
+        Policy.from_dict({"copies": {"copy_rate": rule}})
     assert "\n" not in str(info.value)
 
 

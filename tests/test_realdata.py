@@ -58,7 +58,7 @@ def test_pneumoniamnist_loads_from_its_npz_layout(tmp_path):
 
 
 def test_covid_report_and_shareable_report(tmp_path):
-    """The real-data audit's report shows the four pairs as thumbnails; the --no-images one
+    """The real-data audit's report shows the four pairs as thumbnails (training, synthetic, difference); the --no-images one
     holds no image data and pseudonymises patient 97; both re-gate to the same verdict."""
     import json
 
@@ -69,7 +69,7 @@ def test_covid_report_and_shareable_report(tmp_path):
     audit(train, synthetic, holdout, out=tmp_path / "full")
     audit(train, synthetic, holdout, out=tmp_path / "shared", no_images=True)
     full = (tmp_path / "full" / "report.html").read_text()
-    assert full.count('src="data:image/png') == 8 and "This report contains patient images" in full
+    assert full.count('src="data:image/png') == 12 and "This report contains patient images" in full
     shared_html = (tmp_path / "shared" / "report.html").read_text()
     shared = load_results(tmp_path / "shared" / "results.json")
     assert "data:image/png" not in shared_html and "covid:" not in shared_html

@@ -21,7 +21,7 @@ def test_report_has_verdict_banner_and_thumbnails(leaky_html, leaky_result):
     assert "This report contains patient images" in leaky_html
     assert "<title>privaudit report: FAIL</title>" in leaky_html
     n = leaky_result.checks["copies"].n_flagged
-    assert leaky_html.count('src="data:image/png;base64,') == 2 * n
+    assert leaky_html.count('src="data:image/png;base64,') == 3 * n  # training, synthetic, difference
     assert f"Flagged pairs ({n})" in leaky_html
     for reason in leaky_result.verdict.reasons:
         assert reason.message in leaky_html

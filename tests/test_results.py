@@ -51,7 +51,7 @@ def test_not_assessed_figures_are_null_not_nan(study):
     text = result.to_json()
     assert "NaN" not in text
     data = json.loads(text)
-    assert data["checks"]["copies"]["metrics"]["excess_flag_rate"]["value"] is None
+    assert data["checks"]["copies"]["metrics"]["copy_rate"]["value"] is None
     assert data["checks"]["copies"]["status"] == "not_assessed"
 
 
@@ -72,7 +72,8 @@ def test_seed_and_config_are_recorded(study):
     data = result.to_dict()
     assert data["seed"] == 7 and data["config"]["seed"] == 7
     assert data["config"]["check_options"]["copies"]["alpha"] == 0.01
-    assert [e["name"] for e in data["embedders"]] == ["pixels"] and len(data["embedders"][0]["fingerprint"]) == 16
+    assert [e["name"] for e in data["embedders"]] == ["pixels", "copydetect"]
+    assert all(len(e["fingerprint"]) == 16 for e in data["embedders"])
     assert set(data["environment"]) >= {"python", "numpy", "torch", "faiss"}
 
 
@@ -88,7 +89,11 @@ def test_only_one_hash_per_set_never_per_image(leaky_result, study):
 def test_flagged_pairs_name_ids_and_similarity(leaky_result):
     flagged = leaky_result.to_dict()["checks"]["copies"]["flagged"]
     first = flagged[0]
-    assert set(first) == {"synthetic_id", "train_id", "train_patient_id", "similarity", "p_value"}
+    assert set(first) == {
+        "synthetic_id", "train_id", "train_patient_id", "similarity", "p_value", "q_value",
+        "evidence", "ssim", "likely_transform",
+    }
+    assert {e["embedder"] for e in first["evidence"]} == {"pixels", "copydetect"}
     assert first["synthetic_id"].startswith("synthetic/") and first["train_id"].startswith("train/")
     sims = [f["similarity"] for f in flagged]
     assert np.all(np.isfinite(sims))

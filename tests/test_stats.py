@@ -54,3 +54,50 @@ def test_clopper_pearson_known_values():
     assert all(math.isnan(v) for v in clopper_pearson(0, 0))
     with pytest.raises(ValueError):
         clopper_pearson(3, 2)
+
+
+def _slow_bh(p, q):
+    """Step-up by the book: try every k from m down to 1."""
+    m = len(p)
+    ranked = sorted(range(m), key=lambda i: p[i])
+    for k in range(m, 0, -1):
+        if p[ranked[k - 1]] <= k * q / m:
+            return {ranked[i] for i in range(k)}
+    return set()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_benjamini_hochberg_matches_the_step_up_definition(seed):
+    from privaudit.stats import benjamini_hochberg
+
+    rng = np.random.default_rng(seed)
+    p = np.concatenate([rng.random(80), rng.random(20) * 0.002])
+    p = np.round(p, 3)  # ties are exercised
+    for q in (0.01, 0.05, 0.2):
+        assert set(np.flatnonzero(benjamini_hochberg(p, q))) == _slow_bh(list(p), q)
+
+
+def test_bh_floor_is_the_smallest_flaggable_count():
+    from privaudit.stats import benjamini_hochberg, bh_detection_floor
+
+    # METHODS.md: m = 10,000, n = 300, q = 0.05 -> fewer than 665 copies are never flagged.
+    assert bh_detection_floor(10_000, 300, 0.05) == 665
+    for m, n, q in ((200, 160, 0.05), (100, 120, 0.1), (50, 999, 0.05)):
+        k = bh_detection_floor(m, n, q)
+        best = 1 / (n + 1)
+        p = np.full(m, 0.9)
+        p[:k] = best
+        assert benjamini_hochberg(p, q)[:k].all()
+        p[k - 1] = 0.9
+        assert not benjamini_hochberg(p, q).any() or k == 1
+
+
+def test_storey_estimate():
+    from privaudit.stats import storey_nonnull_share
+
+    rng = np.random.default_rng(0)
+    null = rng.random(100_000)
+    assert storey_nonnull_share(null, 0.01) == pytest.approx(0.0, abs=0.01)
+    mixed = np.concatenate([rng.random(80_000), np.full(20_000, 1e-6)])
+    assert storey_nonnull_share(mixed, 0.01) == pytest.approx(0.2, abs=0.01)
+    assert math.isnan(storey_nonnull_share(np.array([]), 0.01))

@@ -3,7 +3,7 @@
 A configuration file (``--config``) looks like this; every key is optional::
 
     seed = 0
-    embedders = ["pixels"]   # the first is the primary space of the checks
+    embedders = ["pixels", "copydetect"]   # the first is the primary space of the checks
     checks = ["copies"]
     max_skipped = 0.05
 
@@ -139,7 +139,9 @@ class AuditConfig:
     """
 
     seed: int = 0
-    embedders: tuple[str, ...] = ("pixels",)
+    # pixels sees exact and photometric copies; the copy-detection descriptor, fitted on the
+    # training images, adds flips, rotations and shifts (README: "Choosing the embedders").
+    embedders: tuple[str, ...] = ("pixels", "copydetect")
     checks: tuple[str, ...] = ("copies",)
     max_skipped: float = 0.05
     batch_size: int = 256

@@ -99,6 +99,7 @@ def audit(
         holdout=sets["holdout"],
         spaces={name: _embed(name, sets, config, store) for name in config.spaces_needed()},
         seed=config.seed,
+        configured=config.embedders,
     )
     checks: dict[str, CheckResult] = {}
     for name in config.checks:
@@ -202,6 +203,7 @@ def _embed(spec: str, sets: Mapping[str, ImageSet | None], config: AuditConfig, 
         train=vectors["train"],
         synthetic=vectors["synthetic"],
         holdout=vectors.get("holdout"),
+        embedder=embedder,
     )
 
 

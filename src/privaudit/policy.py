@@ -6,7 +6,7 @@ A policy is a TOML file (``--policy``); the commented default ships in
     version = 1
     not_assessed = "fail"          # what a metric that could not be measured does
 
-    [copies.excess_flag_rate]      # [<check>.<metric>]
+    [copies.copy_rate]      # [<check>.<metric>]
     warn = 0.01                    # warn when the value is above this (below, for *_score)
     fail = 0.02
 
@@ -136,7 +136,7 @@ class Policy:
     Example:
         >>> policy = Policy.default()
         >>> [r.metric for r in policy.rules]
-        ['copies.excess_flag_rate']
+        ['copies.copy_rate']
     """
 
     rules: tuple[Rule, ...]
@@ -255,6 +255,12 @@ class Policy:
             why = f"n = {metric.n} is below the policy's min_n = {rule.min_n}"
         elif rule.use != "value" and not _finite(getattr(metric, rule.use)):
             why = f"the rule compares the {_bound_words(rule.use)} of the 95% interval, and this metric has none"
+        elif _below_floor(rule, metric):
+            why = (
+                f"the method cannot resolve values below {_fmt(metric.floor)} on this data (its detection floor), "
+                f"so a value at or under the level {_fmt(_tolerance(rule))} could not have been shown; "
+                "give more non-member (holdout) images"
+            )
         if why is not None:
             return RuleOutcome(
                 rule.metric, Status.NOT_ASSESSED, rule.not_assessed, None, None, None,
@@ -297,6 +303,22 @@ class Policy:
         )
 
 
+def _tolerance(rule: Rule) -> float | None:
+    """The level a rule must be shown to be under to pass it: its fail level (or warn level)."""
+    return rule.fail if rule.fail is not None else rule.warn
+
+
+def _below_floor(rule: Rule, metric: Metric) -> bool:
+    """A higher-is-worse rate whose floor is above the policy's tolerance (the fail level), and
+    whose value did not exceed the tolerance anyway: the method could not have shown it was
+    under it. (A warn level of 0, "warn on any flag", needs no resolution and is not checked.)"""
+    level = _tolerance(rule)
+    if metric.floor is None or level is None or rule.direction is not Direction.HIGHER_IS_WORSE:
+        return False
+    compared = metric.value if rule.use == "value" else getattr(metric, rule.use)
+    return metric.floor > level and compared is not None and compared <= level
+
+
 def metrics_from_dicts(checks: Mapping[str, Mapping[str, Any]]) -> dict[str, Metric | str]:
     """:func:`metrics_of` for check results in their ``results.json`` form."""
     out: dict[str, Metric | str] = {}
@@ -305,14 +327,7 @@ def metrics_from_dicts(checks: Mapping[str, Mapping[str, Any]]) -> dict[str, Met
             if result.get("status") == CheckStatus.NOT_ASSESSED.value:
                 out[f"{name}.{metric}"] = f"check not assessed: {result.get('reason')}"
             else:
-                value = m.get("value")
-                out[f"{name}.{metric}"] = Metric(
-                    value=math.nan if value is None else float(value),
-                    n=int(m.get("n", 0)),
-                    ci_low=m.get("ci_low"),
-                    ci_high=m.get("ci_high"),
-                    direction=Direction(m.get("direction", Direction.HIGHER_IS_WORSE.value)),
-                )
+                out[f"{name}.{metric}"] = Metric.from_dict(m)
     return out
 
 

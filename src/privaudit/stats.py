@@ -72,3 +72,53 @@ def clopper_pearson(successes: int, trials: int, *, confidence: float = 0.95) ->
     lower = 0.0 if successes == 0 else float(beta.ppf(a / 2, successes, trials - successes + 1))
     upper = 1.0 if successes == trials else float(beta.ppf(1 - a / 2, successes + 1, trials - successes))
     return (lower, upper)
+
+
+def benjamini_hochberg(pvalues: np.ndarray, q: float) -> np.ndarray:
+    """Benjamini–Hochberg at level ``q``: a boolean mask of the rejected hypotheses.
+
+    Sort ascending, find the largest k with ``p_(k) <= k q / m``, reject the k smallest. It
+    controls the false discovery rate at ``q`` for independent or positively dependent (PRDS)
+    p-values, which conformal p-values sharing one null sample are (Bates et al. 2023).
+
+    Example:
+        >>> benjamini_hochberg(np.array([0.001, 0.02, 0.04, 0.5]), 0.05).tolist()
+        [True, True, False, False]
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.argsort(p, kind="stable")
+    below = p[order] <= q * np.arange(1, m + 1) / m + 1e-12
+    reject = np.zeros(m, dtype=bool)
+    if below.any():
+        k = int(np.flatnonzero(below).max()) + 1
+        reject[order[:k]] = True
+    return reject
+
+
+def bh_detection_floor(m: int, n_null: int, q: float, *, multiplicity: int = 1) -> int:
+    """The fewest discoveries BH at level ``q`` can make among ``m`` conformal p-values.
+
+    The smallest conformal p-value is ``1 / (n + 1)`` (``S / (n + 1)`` after a Bonferroni
+    correction over ``S`` spaces); BH rejects k hypotheses only if ``p_(k) <= k q / m``, so even
+    perfect copies are flagged only when there are at least ``ceil(S m / (q (n + 1)))`` of them.
+    """
+    if m == 0:
+        return 0
+    return max(1, math.ceil(multiplicity * m / (q * (n_null + 1)) - 1e-9))
+
+
+def storey_nonnull_share(pvalues: np.ndarray, lam: float) -> float:
+    """Storey's estimate of the share of non-null hypotheses, ``1 - pi0``, at threshold ``lam``.
+
+    ``pi0 = #{p > lam} / (m (1 - lam))`` (Storey, JRSS-B 2002), clipped to [0, 1]. With ``lam``
+    small this is the share of p-values at or below ``lam`` beyond the ``lam`` expected by
+    chance, rescaled: ``(F(lam) - lam) / (1 - lam)``.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.size == 0 or not 0.0 < lam < 1.0:
+        return math.nan
+    pi0 = float((p > lam + 1e-12).sum()) / (p.size * (1.0 - lam))
+    return float(min(1.0, max(0.0, 1.0 - pi0)))

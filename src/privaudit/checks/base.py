@@ -51,6 +51,10 @@ class Metric:
         ci_low: lower end of its 95 % interval (``None`` when there is none).
         ci_high: upper end of its 95 % interval.
         direction: how to read it.
+        floor: for a rate, the smallest non-zero value the method can produce on this data
+            (e.g. the fewest copies BH can flag, divided by n); ``None`` when there is no such
+            limit. A policy level below the floor cannot be checked: the rule is then "not
+            assessed" unless the value is above the level anyway.
     """
 
     value: float | None
@@ -58,11 +62,25 @@ class Metric:
     ci_low: float | None = None
     ci_high: float | None = None
     direction: Direction = Direction.HIGHER_IS_WORSE
+    floor: float | None = None
 
     @property
     def assessed(self) -> bool:
         """True when the value is a finite number."""
         return self.value is not None and math.isfinite(self.value)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Metric:
+        """The metric from its ``results.json`` form (``null`` values read as NaN)."""
+        value = data.get("value")
+        return cls(
+            value=math.nan if value is None else float(value),
+            n=int(data.get("n", 0)),
+            ci_low=data.get("ci_low"),
+            ci_high=data.get("ci_high"),
+            direction=Direction(data.get("direction", Direction.HIGHER_IS_WORSE.value)),
+            floor=data.get("floor"),
+        )
 
 
 class CheckStatus(str, Enum):
@@ -94,15 +112,26 @@ class CheckResult:
     summary: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EmbeddedSets:
-    """The embeddings of each input set in one embedder's space (unit float32 rows)."""
+    """The embeddings of each input set in one embedder's space (unit float32 rows).
+
+    ``embedder`` is the fitted embedder itself, for checks that must embed images of their own
+    (the copies check's positive control); it is never serialised.
+    """
 
     info: EmbedderInfo
     near_duplicate_similarity: float
     train: np.ndarray
     synthetic: np.ndarray
     holdout: np.ndarray | None
+    embedder: Any = field(default=None, repr=False)
+
+    def embed(self, images: list) -> np.ndarray:
+        """Embed extra images in this space (as the audit's sets were)."""
+        if self.embedder is None:
+            raise RuntimeError(f"no embedder attached to the {self.info.name} space")
+        return self.embedder.embed(images)
 
     def of(self, role: str) -> np.ndarray:
         """The embeddings of ``"train"``, ``"synthetic"`` or ``"holdout"``."""
@@ -118,8 +147,10 @@ class AuditContext:
 
     Attributes:
         train, synthetic, holdout: the image sets (``holdout`` may be ``None``).
-        spaces: the embeddings of every set in each embedding space, keyed by embedder name,
+        spaces: the embeddings of every set in each embedding space, keyed by embedder spec,
             the audit's primary space first.
+        configured: the embedders the audit was configured with (``spaces`` may hold more,
+            for checks whose options name another); empty means all of ``spaces``.
         seed: the audit seed (use :meth:`rng` and :meth:`torch_generator`, not the seed).
 
     Neighbour searches go through :meth:`neighbors`, which remembers them, so that checks that
@@ -131,7 +162,12 @@ class AuditContext:
     holdout: ImageSet | None
     spaces: Mapping[str, EmbeddedSets]
     seed: int
+    configured: tuple[str, ...] = ()
     _knn_cache: dict[tuple[str, str, str], Neighbors] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.configured:
+            self.configured = tuple(self.spaces)
 
     @property
     def primary(self) -> str:

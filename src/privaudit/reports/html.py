@@ -92,7 +92,7 @@ def _render(data: dict[str, Any], thumbs: _Thumbnails, charts: _CachedCharts, no
     )
     env.filters["fmt"] = _fmt
     env.filters["pct"] = _pct
-    env.globals.update(charts=charts, thumb=thumbs.get, max_pairs=MAX_PAIRS_SHOWN, max_skipped=MAX_SKIPPED_SHOWN)
+    env.globals.update(charts=charts, thumb=thumbs.get, diff_thumb=thumbs.diff, max_pairs=MAX_PAIRS_SHOWN, max_skipped=MAX_SKIPPED_SHOWN)
     template = env.get_template("report.html.j2")
     return template.render(
         r=data,
@@ -175,6 +175,27 @@ class _Thumbnails:
                     uri = None
             self._done[key] = uri
             self.n_shown += uri is not None
+        return self._done[key]
+
+    def diff(self, role_a: str, id_a: str, role_b: str, id_b: str) -> str | None:
+        """A thumbnail of the absolute pixel difference of two images (at the size of the first),
+        brightened x4 so small differences show."""
+        key = (f"diff:{role_a}:{role_b}", f"{id_a}\0{id_b}")
+        if key not in self._done:
+            a_set, b_set = self._set(role_a), self._set(role_b)
+            uri = None
+            if a_set is not None and b_set is not None:
+                try:
+                    a = a_set.images[a_set.index_of(id_a)]
+                    b = b_set.images[b_set.index_of(id_b)]
+                except KeyError:
+                    a = b = None
+                if a is not None and b is not None:
+                    from privaudit.embed.base import Preprocessing
+
+                    b_resized = Preprocessing(size=a.shape).apply([b])[0, 0].numpy()
+                    uri = thumbnail_data_uri(np.clip(4.0 * np.abs(a - b_resized), 0.0, 1.0))
+            self._done[key] = uri
         return self._done[key]
 
     def _set(self, role: str) -> ImageSet | None:
