@@ -3,12 +3,17 @@
 Each reader returns the working format (:mod:`privaudit.data.convert`) or raises
 :class:`UnreadableImage` with a short reason; the folder loader then skips the file and lists it.
 Only pixel data and the attributes needed to interpret it are read from DICOM files: no header
-field ever reaches a log or an output.
+field ever reaches a log or an output. Library warnings and log records raised while decoding are
+silenced, because some of them quote header values (pydicom's "invalid value for VR DA: ...",
+tifffile's "coercing invalid ASCII ..."); what went wrong reaches the user as the skip reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +35,9 @@ class UnreadableImage(Exception):
     """A file that cannot be decoded into one 2D image; ``str(exc)`` is the reason."""
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+
+
 def has_dicom_preamble(path: Path) -> bool:
     """True when the file carries the DICOM preamble ("DICM" at byte 128)."""
     try:
@@ -37,7 +45,40 @@ def has_dicom_preamble(path: Path) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return _is_dicom(head)
+
+
+def _is_dicom(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+@contextlib.contextmanager
+def quiet_decoding(*loggers: str) -> Iterator[None]:
+    """Silence warnings and the named libraries' log records while a file is decoded.
+
+    Decoders warn and log about quirks they work around (pydicom even logs a traceback for a
+    frame it cannot decode, then raises), and some of those messages quote header values. Errors
+    still surface as exceptions, which become skip reasons. A logger and all its children are
+    cut off from the handlers above them (not propagated, but caught by a NullHandler so that
+    Python's last-resort handler does not print them either).
+    """
+    saved = []
+    for name in loggers:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate))
+        logger.propagate = False
+        logger.addHandler(_SINK)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, propagate in saved:
+            logger.removeHandler(_SINK)
+            logger.propagate = propagate
+
+
+_SINK = logging.NullHandler()
 
 
 def is_image_file(path: Path) -> bool:
@@ -54,16 +95,21 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise UnreadableImage("empty file (0 bytes)")
+        # Opening the file first tells "cannot be read" (permissions, a folder) apart from
+        # "corrupt", and its first bytes choose the decoder along with the extension.
+        with open(path, "rb") as handle:
+            head = handle.read(132)
     except OSError as exc:
         raise UnreadableImage(f"cannot open: {exc.strerror or exc}") from None
+    if not head:
+        raise UnreadableImage("empty file (0 bytes)")
     suffix = path.suffix.lower()
     try:
-        if suffix in DICOM_EXTENSIONS or (suffix not in PILLOW_EXTENSIONS | TIFF_EXTENSIONS and has_dicom_preamble(path)):
-            return _read_dicom(path)
-        if suffix in TIFF_EXTENSIONS:
+        if suffix in DICOM_EXTENSIONS or (suffix not in PILLOW_EXTENSIONS | TIFF_EXTENSIONS and _is_dicom(head)):
+            return _read_dicom(path, preamble=_is_dicom(head))
+        if suffix in TIFF_EXTENSIONS and head[:4] in TIFF_MAGIC:
             return _read_tiff(path)
+        # Pillow identifies the format from the content, so a PNG saved as ".tif" still reads.
         return _read_pillow(path)
     except ImageFormatError as exc:
         raise UnreadableImage(_strip_where(str(exc), path)) from None
@@ -78,7 +124,7 @@ def _read_pillow(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
+        with quiet_decoding("PIL"), warnings.catch_warnings():
             # Above Image.MAX_IMAGE_PIXELS Pillow only warns; treat that as a refusal too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
@@ -112,13 +158,13 @@ def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_decoding("tifffile"), tifffile.TiffFile(path) as tif:
             if len(tif.series) == 0:
                 raise UnreadableImage("TIFF file holds no image")
             series = tif.series[0]
-            if len(tif.pages) > 1 or len(series.shape) > 3 or (
-                len(series.shape) == 3 and series.shape[-1] not in (1, 2, 3, 4)
-            ):
+            # tifffile names the axes: Y and X, plus S for the samples of one pixel (RGB,
+            # contiguous "YXS" or planar "SYX"). Anything else (pages, Z, T, Q) is a stack.
+            if series.axes not in ("YX", "YXS", "SYX") or len(tif.pages) > 1:
                 raise UnreadableImage(
                     f"TIFF holds a stack of shape {tuple(series.shape)}: "
                     "privaudit audits 2D images only for now"
@@ -133,32 +179,59 @@ def _read_tiff(path: Path) -> np.ndarray:
     return to_working(arr, where=str(path))
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: Path, *, preamble: bool = True) -> np.ndarray:
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut
     except ImportError:
         raise MissingDependencyError("pydicom", extra="dicom", needed_for="reading DICOM files") from None
 
-    try:
-        ds = pydicom.dcmread(path, force=True)
-    except Exception as exc:
-        raise UnreadableImage(f"not a readable DICOM file ({type(exc).__name__})") from None
-    if "PixelData" not in ds:
-        raise UnreadableImage("DICOM file without pixel data")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise UnreadableImage(f"multi-frame DICOM ({frames} frames): privaudit audits 2D images only for now")
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # missing decoder plugins, truncated pixel data, bad attributes
-        raise UnreadableImage(f"DICOM pixel data cannot be decoded ({_first_line(exc)})") from None
-    photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
-    if arr.ndim == 2:
-        arr = apply_modality_lut(arr, ds)  # rescale slope/intercept, or a modality LUT
-        if photometric == "MONOCHROME1":  # low values are bright: invert
-            arr = arr.max() + arr.min() - arr
+    with quiet_decoding("pydicom"):
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:
+            raise UnreadableImage(f"not a readable DICOM file ({type(exc).__name__})") from None
+        if "PixelData" not in ds:
+            # force=True parses any bytes; without the preamble and without any image, patient or
+            # study attribute, the file is not DICOM at all.
+            if not preamble and not any(tag.group in (0x0008, 0x0010, 0x0020, 0x0028) for tag in ds.keys()):
+                raise UnreadableImage("not a recognised DICOM file")
+            raise UnreadableImage("DICOM file without pixel data")
+        frames = _int_or(getattr(ds, "NumberOfFrames", 1), 1)
+        if frames > 1:
+            raise UnreadableImage(f"multi-frame DICOM ({frames} frames): privaudit audits 2D images only for now")
+        try:
+            arr = ds.pixel_array
+        except Exception as exc:  # missing decoder plugins, truncated pixel data, bad attributes
+            raise UnreadableImage(_pixel_error(ds, exc)) from None
+        photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
+        if arr.ndim == 2:
+            arr = apply_modality_lut(arr, ds)  # rescale slope/intercept, or a modality LUT
+            if photometric == "MONOCHROME1":  # low values are bright: invert
+                arr = arr.max() + arr.min() - arr
+        elif arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+            raise UnreadableImage(f"DICOM pixel data of shape {arr.shape}: privaudit audits 2D images only for now")
     return to_working(np.asarray(arr), where=str(path), minmax=True)
+
+
+def _int_or(value: object, default: int) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return default
+
+
+def _pixel_error(ds: object, exc: Exception) -> str:
+    """A one-line reason naming the compression and, when it is the cause, the missing decoder."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    lines = [line.strip(" \t-") for line in str(exc).strip().splitlines() if line.strip()]
+    detail = "; ".join(lines[1:]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+    if syntax is not None and getattr(syntax, "is_compressed", False):
+        what = f"compressed DICOM ({syntax.name})"
+        if "missing dependencies" in str(exc):
+            return f"{what} cannot be decoded: no decoder for it is installed (options: {detail[:200]})"
+        return f"{what} cannot be decoded ({detail[:200]})"
+    return f"DICOM pixel data cannot be decoded ({_first_line(exc)})"
 
 
 def _first_line(exc: Exception) -> str:
