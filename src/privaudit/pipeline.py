@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from privaudit._util import atomic_write_text
+from privaudit._util import replace_all, stage_bytes
 from privaudit._version import __version__
 from privaudit.checks.base import CHECKS, AuditContext, CheckResult, CheckStatus, EmbeddedSets, Metric
 from privaudit.config import AuditConfig
@@ -199,11 +199,22 @@ def write_outputs(result: AuditResult, out_dir: str | os.PathLike[str], *, image
 
     out = Path(out_dir)
     payload = {"results.json": result.to_json(), "report.html": render_html(result, images=images)}
-    written = {}
-    for name, text in payload.items():
+    # Both files are written to temporary files first and then renamed together, so that neither
+    # a full disk nor an interruption leaves a half-written file or a new results.json next to an
+    # old report.html.
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, text in payload.items():
+            try:
+                staged.append((stage_bytes(out / name, text.encode("utf-8")), out / name))
+            except OSError as exc:
+                raise OutputError(f"cannot write {out / name} ({exc.strerror or exc})") from None
         try:
-            atomic_write_text(out / name, text)
+            replace_all(staged)
         except OSError as exc:
-            raise OutputError(f"cannot write {out / name} ({exc.strerror or exc})") from None
-        written[name] = out / name
-    return written
+            raise OutputError(f"cannot write into {out} ({exc.strerror or exc})") from None
+        staged = []
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return {name: out / name for name in payload}
