@@ -6,6 +6,7 @@ import pytest
 
 from privaudit.checks.copies import CopiesOptions
 from privaudit.config import AuditConfig
+from privaudit.data.metadata import DEFAULT_PLACEHOLDERS
 from privaudit.errors import ConfigError
 
 
@@ -14,10 +15,13 @@ def test_defaults_and_round_trip(tmp_path):
     assert cfg.to_dict() == {
         "seed": 0,
         "embedders": ["pixels"],
-        "checks": ["copies"],
+        "checks": ["copies", "metadata"],
         "max_skipped": 0.05,
         "batch_size": 256,
-        "check_options": {"copies": {"alpha": 0.01, "near_duplicate_similarity": None}},
+        "check_options": {
+            "copies": {"alpha": 0.01, "near_duplicate_similarity": None},
+            "metadata": {"placeholders": list(DEFAULT_PLACEHOLDERS)},
+        },
     }
     path = tmp_path / "c.toml"
     path.write_text('seed = 4\nchecks = ["copies"]\n[copies]\nalpha = 0.05\nnear_duplicate_similarity = 1\n')

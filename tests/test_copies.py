@@ -43,7 +43,10 @@ def test_clean_set_passes_and_flags_at_most_chance(clean_result):
     assert copies.status is CheckStatus.ASSESSED
     # Every flag is a false alarm here; 99.9 % of draws stay at or below this count.
     assert copies.n_flagged <= binom.ppf(0.999, copies.n_synthetic, copies.alpha_attainable)
-    assert clean_result.verdict.status.value == "pass"
+    reasons = {r.metric: r.status.value for r in clean_result.verdict.reasons}
+    assert reasons["copies.excess_flag_rate"] == "pass"
+    # In-memory arrays have no file headers: the metadata rules are not assessed and only warn.
+    assert clean_result.verdict.status.value == "warn"
 
 
 @pytest.mark.slow

@@ -95,4 +95,10 @@ def test_default_policy_is_commented_and_valid():
     assert text.count("#") > 10
     p = Policy.default()
     assert p.source == "default" and p.not_assessed is Status.FAIL
-    assert [(r.metric, r.warn, r.fail) for r in p.rules] == [(RULE, 0.01, 0.02)]
+    assert [(r.metric, r.warn, r.fail) for r in p.rules] == [
+        (RULE, 0.01, 0.02),
+        ("metadata.identifier_match_rate", None, 0.0),
+        ("metadata.identifying_field_rate", 0.0, None),
+    ]
+    # Array inputs have no headers: their metadata rules warn rather than fail when not assessed.
+    assert [r.not_assessed for r in p.rules] == [Status.FAIL, Status.WARN, Status.WARN]

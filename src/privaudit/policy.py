@@ -109,7 +109,7 @@ class Policy:
     Example:
         >>> policy = Policy.default()
         >>> [r.metric for r in policy.rules]
-        ['copies.excess_flag_rate']
+        ['copies.excess_flag_rate', 'metadata.identifier_match_rate', 'metadata.identifying_field_rate']
     """
 
     rules: tuple[Rule, ...]
