@@ -71,6 +71,16 @@ def tiff_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def tiff_bomb() -> bytes:
+    """A 10,000 x 10,000 TIFF of zlib-compressed zeros: 100 MB of pixels in about 100 kB."""
+    import tifffile
+
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf) as tif:
+        tif.write(shape=(10000, 10000), dtype=np.uint8, compression="zlib", tile=(1024, 1024), data=iter([np.zeros((1024, 1024), np.uint8)] * 100))
+    return buf.getvalue()
+
+
 def tiff_bytes_planar(array: np.ndarray) -> bytes:
     import tifffile
 
@@ -277,6 +287,8 @@ CASES = [
     skip_case("text-named-tiff", "bad.tiff", b"not a tiff\n", "not a recognised image file"),
     skip_case("bomb-over-twice-the-limit", "bad.png", ihdr_png(20000, 20000), f"refused as a possible decompression bomb ({DETAIL})", notes="400 Mpx declared, Pillow raises"),
     skip_case("bomb-over-the-limit", "bad.png", ihdr_png(10000, 10000), f"refused as a possible decompression bomb ({DETAIL})", notes="100 Mpx declared, Pillow only warns; privaudit refuses"),
+    skip_case("tiff-bomb", "bad.tif", lambda t: tiff_bomb(), "refused as a possible decompression bomb (Image size (100000000 pixels) exceeds limit of 89478485 pixels)", notes="100 Mpx of zlib zeros in 105 kB"),
+    skip_case("dicom-bomb", "bad.dcm", lambda t: dicom_bytes(t, attributes={"Rows": 20000, "Columns": 20000}), "refused as a possible decompression bomb (Image size (400000000 pixels) exceeds limit of 89478485 pixels)"),
     skip_case("tiff-nan", "bad.tif", tiff_bytes(np.full((8, 8), np.nan, np.float32)), "64 pixel(s) are NaN or infinite"),
     skip_case("tiff-stack", "bad.tif", tiff_bytes(np.zeros((5, 8, 8), np.uint8)), "TIFF holds a stack of shape (5, 8, 8): privaudit audits 2D images only for now"),
     skip_case("tiff-rgb-stack", "bad.tif", tiff_bytes(np.zeros((2, 8, 8, 3), np.uint8)), "TIFF holds a stack of shape (2, 8, 8, 3): privaudit audits 2D images only for now"),
@@ -437,6 +449,8 @@ def test_corpus(case: Case, tmp_path: Path, corpus_files: dict[str, Path], monke
         assert lines[0].startswith("privaudit: error: "), err
         assert _pattern(case.error, tmp_path).fullmatch(lines[0].removeprefix("privaudit: error: ")), lines[0]
         out_dir = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+        if out_dir == tmp_path / "out":
+            assert not out_dir.exists()  # a refused audit leaves no output folder behind
         if out_dir is not None and out_dir.is_dir():
             # Nothing half-written, no temporary files, and the user's earlier files untouched.
             assert not list(out_dir.glob(".*.tmp"))

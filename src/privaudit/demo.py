@@ -20,7 +20,7 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, force: bool = False)
     """Build the phantom study, audit the leaky and the clean set, and return a summary text."""
     from privaudit.cli import summarize
 
-    root = prepare_output_dir(out, force=force)
+    root = prepare_output_dir(out, force=force, create=True)
     study = make_study(seed=seed)
     manifests = write_study(study, root / "data")
     config = AuditConfig(seed=seed)

@@ -169,6 +169,8 @@ def _read_tiff(path: Path) -> np.ndarray:
                     f"TIFF holds a stack of shape {tuple(series.shape)}: "
                     "privaudit audits 2D images only for now"
                 )
+            axes = dict(zip(series.axes, series.shape))
+            _check_size(axes["Y"] * axes["X"])
             arr = series.asarray()
     except UnreadableImage:
         raise
@@ -200,6 +202,7 @@ def _read_dicom(path: Path, *, preamble: bool = True) -> np.ndarray:
         frames = _int_or(getattr(ds, "NumberOfFrames", 1), 1)
         if frames > 1:
             raise UnreadableImage(f"multi-frame DICOM ({frames} frames): privaudit audits 2D images only for now")
+        _check_size(_int_or(getattr(ds, "Rows", 0), 0) * _int_or(getattr(ds, "Columns", 0), 0))
         try:
             arr = ds.pixel_array
         except Exception as exc:  # missing decoder plugins, truncated pixel data, bad attributes
@@ -212,6 +215,22 @@ def _read_dicom(path: Path, *, preamble: bool = True) -> np.ndarray:
         elif arr.ndim == 3 and arr.shape[-1] not in (3, 4):
             raise UnreadableImage(f"DICOM pixel data of shape {arr.shape}: privaudit audits 2D images only for now")
     return to_working(np.asarray(arr), where=str(path), minmax=True)
+
+
+def _check_size(n_pixels: int) -> None:
+    """Refuse an image larger than Pillow's decompression-bomb limit before decoding it.
+
+    Pillow enforces ``Image.MAX_IMAGE_PIXELS`` for PNG, JPEG and BMP; TIFF and DICOM headers can
+    declare just as many pixels over a few bytes of compressed data, so the same limit (one
+    setting, Pillow's) applies to them too.
+    """
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and n_pixels > limit:
+        raise UnreadableImage(
+            f"refused as a possible decompression bomb (Image size ({n_pixels} pixels) exceeds limit of {limit} pixels)"
+        )
 
 
 def _int_or(value: object, default: int) -> int:
