@@ -65,6 +65,7 @@ def _inputs(tmp: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA")  # writing the invalid date on purpose
 def test_dicom_header_values_never_reach_logs_json_or_html(tmp_path):
     paths = _inputs(tmp_path)
     raw = b"".join(p.read_bytes() for folder in paths.values() for p in folder.iterdir())

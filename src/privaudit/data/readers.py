@@ -15,7 +15,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -159,19 +159,29 @@ def _read_tiff(path: Path) -> np.ndarray:
 
     try:
         with quiet_decoding("tifffile"), tifffile.TiffFile(path) as tif:
-            if len(tif.series) == 0:
-                raise UnreadableImage("TIFF file holds no image")
-            series = tif.series[0]
+            try:
+                page = tif.pages.first
+            except IndexError:
+                raise UnreadableImage("TIFF file holds no image") from None
+            # Only the first two pages are ever looked at: counting them all (len(pages),
+            # tif.series) follows the chain of page offsets, which a damaged or hostile file can
+            # make circular, and tifffile then loops for ever (found by benchmarks/fuzz_readers.py).
+            try:
+                tif.pages[1]
+            except IndexError:
+                pass
+            else:
+                raise UnreadableImage("TIFF holds more than one page (an image stack): privaudit audits 2D images only for now")
             # tifffile names the axes: Y and X, plus S for the samples of one pixel (RGB,
-            # contiguous "YXS" or planar "SYX"). Anything else (pages, Z, T, Q) is a stack.
-            if series.axes not in ("YX", "YXS", "SYX") or len(tif.pages) > 1:
+            # contiguous "YXS" or planar "SYX"). Anything else (Z, T, Q, ...) is a stack.
+            if page.axes not in ("YX", "YXS", "SYX"):
                 raise UnreadableImage(
-                    f"TIFF holds a stack of shape {tuple(series.shape)}: "
+                    f"TIFF holds an image of shape {tuple(page.shape)} (axes {page.axes}): "
                     "privaudit audits 2D images only for now"
                 )
-            axes = dict(zip(series.axes, series.shape))
+            axes = dict(zip(page.axes, page.shape))
             _check_size(axes["Y"] * axes["X"])
-            arr = series.asarray()
+            arr = page.asarray()
     except UnreadableImage:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt files and missing codecs
@@ -193,28 +203,41 @@ def _read_dicom(path: Path, *, preamble: bool = True) -> np.ndarray:
             ds = pydicom.dcmread(path, force=True)
         except Exception as exc:
             raise UnreadableImage(f"not a readable DICOM file ({type(exc).__name__})") from None
-        if "PixelData" not in ds:
-            # force=True parses any bytes; without the preamble and without any image, patient or
-            # study attribute, the file is not DICOM at all.
-            if not preamble and not any(tag.group in (0x0008, 0x0010, 0x0020, 0x0028) for tag in ds.keys()):
-                raise UnreadableImage("not a recognised DICOM file")
-            raise UnreadableImage("DICOM file without pixel data")
-        frames = _int_or(getattr(ds, "NumberOfFrames", 1), 1)
-        if frames > 1:
-            raise UnreadableImage(f"multi-frame DICOM ({frames} frames): privaudit audits 2D images only for now")
-        _check_size(_int_or(getattr(ds, "Rows", 0), 0) * _int_or(getattr(ds, "Columns", 0), 0))
         try:
-            arr = ds.pixel_array
-        except Exception as exc:  # missing decoder plugins, truncated pixel data, bad attributes
-            raise UnreadableImage(_pixel_error(ds, exc)) from None
-        photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
-        if arr.ndim == 2:
-            arr = apply_modality_lut(arr, ds)  # rescale slope/intercept, or a modality LUT
-            if photometric == "MONOCHROME1":  # low values are bright: invert
-                arr = arr.max() + arr.min() - arr
-        elif arr.ndim == 3 and arr.shape[-1] not in (3, 4):
-            raise UnreadableImage(f"DICOM pixel data of shape {arr.shape}: privaudit audits 2D images only for now")
+            arr = _dicom_pixels(ds, preamble=preamble, modality_lut=apply_modality_lut)
+        except (UnreadableImage, ImageFormatError):
+            raise
+        except Exception as exc:
+            # pydicom parses elements lazily: an attribute with an unknown VR or a malformed value
+            # raises when read (found by benchmarks/fuzz_readers.py). Only the error's type is
+            # shown: its text could quote a header value.
+            raise UnreadableImage(f"DICOM attributes cannot be interpreted ({type(exc).__name__})") from None
     return to_working(np.asarray(arr), where=str(path), minmax=True)
+
+
+def _dicom_pixels(ds: Any, *, preamble: bool, modality_lut: Any) -> np.ndarray:
+    if "PixelData" not in ds:
+        # force=True parses any bytes; without the preamble and without any image, patient or
+        # study attribute, the file is not DICOM at all.
+        if not preamble and not any(tag.group in (0x0008, 0x0010, 0x0020, 0x0028) for tag in ds.keys()):
+            raise UnreadableImage("not a recognised DICOM file")
+        raise UnreadableImage("DICOM file without pixel data")
+    frames = _int_or(getattr(ds, "NumberOfFrames", 1), 1)
+    if frames > 1:
+        raise UnreadableImage(f"multi-frame DICOM ({frames} frames): privaudit audits 2D images only for now")
+    _check_size(_int_or(getattr(ds, "Rows", 0), 0) * _int_or(getattr(ds, "Columns", 0), 0))
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # missing decoder plugins, truncated pixel data, bad attributes
+        raise UnreadableImage(_pixel_error(ds, exc)) from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
+    if arr.ndim == 2:
+        arr = modality_lut(arr, ds)  # rescale slope/intercept, or a modality LUT
+        if photometric == "MONOCHROME1":  # low values are bright: invert
+            arr = arr.max() + arr.min() - arr
+    elif arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        raise UnreadableImage(f"DICOM pixel data of shape {arr.shape}: privaudit audits 2D images only for now")
+    return np.asarray(arr)
 
 
 def _check_size(n_pixels: int) -> None:
@@ -242,10 +265,14 @@ def _int_or(value: object, default: int) -> int:
 
 def _pixel_error(ds: object, exc: Exception) -> str:
     """A one-line reason naming the compression and, when it is the cause, the missing decoder."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:  # the UID can be anything in a damaged file: not even a transfer syntax
+        syntax = ds.file_meta.TransferSyntaxUID  # type: ignore[attr-defined]
+        compressed = bool(syntax.is_transfer_syntax and syntax.is_compressed)
+    except Exception:
+        compressed = False
     lines = [line.strip(" \t-") for line in str(exc).strip().splitlines() if line.strip()]
     detail = "; ".join(lines[1:]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
-    if syntax is not None and getattr(syntax, "is_compressed", False):
+    if compressed:
         what = f"compressed DICOM ({syntax.name})"
         if "missing dependencies" in str(exc):
             return f"{what} cannot be decoded: no decoder for it is installed (options: {detail[:200]})"
