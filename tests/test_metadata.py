@@ -117,6 +117,29 @@ def test_png_text_chunks_and_exif(tmp_path):
     assert read_headers(plain).fields == ()
 
 
+def test_png_text_after_the_image_data_is_found(tmp_path):
+    """Pillow reads chunks after IDAT only while decoding; the header reader walks the chunk
+    list to know when that is needed (and skips the decode otherwise)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    plain = tmp_path / "a.png"
+    Image.new("L", (8, 8)).save(plain)
+    data = plain.read_bytes()
+    late = data[:-12] + chunk(b"tEXt", b"Author\x00Late Name") + chunk(b"eXIf", _exif_with_artist()) + data[-12:]
+    (tmp_path / "late.png").write_bytes(late)
+    assert names(read_headers(tmp_path / "late.png")) == {"PNG text Author": "name", "EXIF Artist": "name"}
+
+
+def _exif_with_artist() -> bytes:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Artist] = "Late Artist"
+    return exif.tobytes()
+
+
 def test_jpeg_comment_exif_and_gps(tmp_path):
     exif = Image.Exif()
     exif[ExifTags.Base.DateTimeOriginal] = "2021:02:03 04:05:06"

@@ -275,11 +275,17 @@ def _pillow_fields(path: Path) -> tuple[str, list[tuple[str, str, list[Any]]]]:
     from PIL import ExifTags, Image
 
     out: list[tuple[str, str, list[Any]]] = []
+    late = False
     with quiet_decoding(), Image.open(path) as img:
         fmt = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}.get(img.format or "", "other")
         if fmt == "png":
-            img.load()  # text chunks after the image data are read with it
-            for keyword, text in getattr(img, "text", {}).items():
+            late = _png_text_after_image_data(path)
+            if late:
+                img.load()  # Pillow reads those only while decoding the image
+                chunks = dict(img.text)
+            else:  # opening has read them all: text chunks are the text-valued entries of info
+                chunks = {k: v for k, v in img.info.items() if isinstance(v, str)}
+            for keyword, text in chunks.items():
                 if keyword == "XML:com.adobe.xmp":
                     out.append(("XMP packet", "free_text", [text]))
                 elif keyword in _PNG_KEYWORDS:
@@ -295,7 +301,9 @@ def _pillow_fields(path: Path) -> tuple[str, list[tuple[str, str, list[Any]]]]:
             out.append(("XMP packet", "free_text", [info["xmp"]]))
         if info.get("photoshop"):
             out.append(("IPTC/Photoshop block", "free_text", PRESENT))
-        exif = img.getexif()
+        # PNG's getexif() decodes the image to look for a late eXIf chunk; the walk above has
+        # already said whether there is one.
+        exif = img.getexif() if fmt != "png" or late or "exif" in info else Image.Exif()
         out.extend(_exif_fields(exif, ExifTags.TAGS))
         for ifd, table in ((ExifTags.IFD.Exif, ExifTags.TAGS), (ExifTags.IFD.GPSInfo, ExifTags.GPSTAGS)):
             try:
@@ -304,6 +312,32 @@ def _pillow_fields(path: Path) -> tuple[str, list[tuple[str, str, list[Any]]]]:
                 continue
             out.extend(_exif_fields(sub, table, gps=ifd == ExifTags.IFD.GPSInfo))
     return fmt, out
+
+
+def _png_text_after_image_data(path: Path) -> bool:
+    """Whether a text or EXIF chunk follows the image data (IDAT).
+
+    Pillow parses the chunks before IDAT when it opens a file, and those after it only while it
+    decodes the pixels; walking the chunk headers (8 bytes each, data skipped) tells whether that
+    decoding is needed, so that headers cost a few reads per file rather than a second decode.
+    """
+    import struct
+
+    with open(path, "rb") as handle:
+        handle.seek(8)
+        seen_data = False
+        while True:
+            head = handle.read(8)
+            if len(head) < 8:
+                return False
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IDAT":
+                seen_data = True
+            elif kind == b"IEND":
+                return False
+            elif seen_data and kind in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"):
+                return True
+            handle.seek(length + 4, 1)
 
 
 def _exif_fields(tags: Any, table: dict[int, str], *, gps: bool = False) -> list[tuple[str, str, list[Any]]]:
