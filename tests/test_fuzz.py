@@ -13,8 +13,10 @@ a case in ``test_corpus.py``.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from privaudit.errors import InputError
 # PRIVAUDIT_FUZZ_EXAMPLES raises the count for a longer local run (the suite uses 60).
 FUZZ = settings(max_examples=int(os.environ.get("PRIVAUDIT_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SCRATCH = Path(tempfile.mkdtemp(prefix="privaudit-fuzz-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
 
 def _seeds() -> dict[str, bytes]:
