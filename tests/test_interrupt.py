@@ -245,3 +245,16 @@ def test_a_rerun_after_an_interruption_completes(runs, study_files):
     assert done.returncode == 1, done.stderr
     assert json.loads((run.out / "results.json").read_text())["verdict"]["status"] == "fail"
     _no_temporaries(run.out)
+
+
+def test_deferred_signals_hold_a_signal_until_the_block_ends():
+    from privaudit._util import deferred_signals
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal has arrived: without deferral, KeyboardInterrupt here
+            steps.append("block finished")
+    assert steps == ["block finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

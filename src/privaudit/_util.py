@@ -120,6 +120,8 @@ def deferred_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM))
     received: list[int] = []
     previous = {}
     for signum in signums:
+        if signal.getsignal(signum) is None:  # a handler installed outside Python: leave it be
+            continue
         previous[signum] = signal.signal(signum, lambda s, _frame: received.append(s))
     try:
         yield
