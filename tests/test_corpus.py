@@ -14,7 +14,10 @@ matched exactly. No case may print a traceback.
 
 Conditions that a test running as root cannot create for real (an unreadable file or folder, a
 read-only or full disk) are simulated at the system call that would fail, as noted per case.
-The reader-level behaviour behind many of these cases is unit-tested in ``test_data.py``.
+The reader-level behaviour behind many of these cases is unit-tested in ``test_data.py``; the
+cases already in ``test_cli.py``'s table are not repeated here (``--out`` that is an existing
+file or a non-empty folder, a holdout sharing patients with training, DICOM without pydicom
+(exit 3), a policy key typo, a configuration value of the wrong type).
 """
 
 from __future__ import annotations
