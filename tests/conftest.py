@@ -77,8 +77,14 @@ def write_dicom(
     with_pixels: bool = True,
     transfer_syntax: str | None = None,
     patient_name: str = "Doe^Jane",
+    patient_id: str = "MRN-0001",
+    attributes: dict[str, object] | None = None,
 ) -> Path:
-    """Write a real DICOM file with pydicom (16-bit unsigned, little endian)."""
+    """Write a real DICOM file with pydicom (16-bit unsigned, little endian).
+
+    ``attributes`` sets further elements by keyword (e.g. ``StudyInstanceUID``, ``StudyDate``),
+    or private ones by ``(group, element, VR)`` tuple keys.
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -91,7 +97,7 @@ def write_dicom(
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.PatientName = patient_name
-    ds.PatientID = "MRN-0001"
+    ds.PatientID = patient_id
     ds.Modality = "CR"
     arr = np.asarray(pixels, dtype=np.uint16)
     ds.Rows, ds.Columns = arr.shape[-2:]
@@ -103,6 +109,12 @@ def write_dicom(
     ds.PixelRepresentation = 0
     if frames > 1:
         ds.NumberOfFrames = frames
+    for key, value in (attributes or {}).items():
+        if isinstance(key, tuple):
+            group, element, vr = key
+            ds.add_new((group, element), vr, value)
+        else:
+            setattr(ds, key, value)
     if slope is not None:
         ds.RescaleSlope = slope
         ds.RescaleIntercept = intercept or 0

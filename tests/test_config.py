@@ -6,6 +6,7 @@ import pytest
 
 from privaudit.checks.copies import CopiesOptions
 from privaudit.config import AuditConfig
+from privaudit.data.metadata import DEFAULT_PLACEHOLDERS
 from privaudit.errors import ConfigError
 
 
@@ -14,7 +15,7 @@ def test_defaults_and_round_trip(tmp_path):
     assert cfg.to_dict() == {
         "seed": 0,
         "embedders": ["pixels", "copydetect"],
-        "checks": ["copies"],
+        "checks": ["copies", "metadata"],
         "max_skipped": 0.05,
         "batch_size": 256,
         "device": "cpu",
@@ -22,7 +23,8 @@ def test_defaults_and_round_trip(tmp_path):
             "copies": {
                 "fdr": 0.05, "method": "fdr", "alpha": 0.01, "score": "ratio", "near_duplicate_similarity": None,
                 "embedders": None, "positive_control": 48, "bootstrap": 200, "explain": 200,
-            }
+            },
+            "metadata": {"placeholders": list(DEFAULT_PLACEHOLDERS)},
         },
         "embedder_options": {
             "copydetect": {

@@ -25,6 +25,7 @@ def test_wheel_contains_package_data(tmp_path):
     for needed in (
         "privaudit/reports/templates/report.html.j2",
         "privaudit/reports/templates/checks/copies.html.j2",
+        "privaudit/reports/templates/checks/metadata.html.j2",
         "privaudit/reports/templates/checks/_generic.html.j2",
         "privaudit/schemas/results.schema.json",
         "privaudit/policies/default.toml",

@@ -96,10 +96,14 @@ def test_default_policy_is_commented_and_valid():
     p = Policy.default()
     assert p.source == "default" and p.not_assessed is Status.FAIL
     assert [(r.metric, r.warn, r.fail) for r in p.rules] == [
-        (RULE, 0.01, 0.02),
+        (RULE, 0.03, 0.05),
         ("copies.flagged_rate", 0.0, 0.02),
         ("copies.control_sensitivity_score", 0.8, 0.5),
+        ("metadata.identifier_match_rate", None, 0.0),
+        ("metadata.identifying_field_rate", 0.0, None),
     ]
+    # Array inputs have no headers: their metadata rules warn rather than fail when not assessed.
+    assert [r.not_assessed for r in p.rules] == [Status.FAIL] * 3 + [Status.WARN, Status.WARN]
 
 
 # --- interval bounds, min_n, and every rule of the catalog at its boundary --------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import enum
@@ -9,8 +10,10 @@ import hashlib
 import json
 import math
 import os
+import signal
 import tempfile
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,19 +70,66 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     patient images and identifiers.
     """
     target = Path(path)
+    tmp = stage_bytes(target, data)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def stage_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a new temporary file next to ``path`` (0600, fsynced) and return its path.
+
+    The caller moves it into place with ``os.replace`` (see :func:`replace_all`) or removes it.
+    If writing fails or is interrupted, the temporary file is removed before the error propagates.
+    """
+    target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def replace_all(staged: Iterable[tuple[Path, Path]]) -> None:
+    """Move each staged ``(temporary, target)`` file into place, with SIGINT/SIGTERM held back.
+
+    The renames take microseconds; holding the signals until all are done means that an
+    interruption leaves either all the old files or all the new ones, never a mix.
+    """
+    with deferred_signals():
+        for tmp, target in staged:
+            os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def deferred_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Hold back ``signums`` inside the block and deliver them, to the previous handlers, after it.
+
+    Only in the main thread (the only one that can set handlers); elsewhere it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for signum in signums:
+        if signal.getsignal(signum) is None:  # a handler installed outside Python: leave it be
+            continue
+        previous[signum] = signal.signal(signum, lambda s, _frame: received.append(s))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -1,7 +1,7 @@
 """The command line: parses arguments, calls the library, maps errors to exit codes.
 
-Exit codes: 0 pass (and warn, unless ``--fail-on warn``), 1 gate failed, 2 usage, configuration
-or input error, 3 missing optional dependency, 4 internal error, 130 interrupted. Errors are one
+Exit codes: 0 pass (and warn, unless ``--fail-on warn``), 1 gate failed, 2 usage, configuration,
+input or output error, 3 missing optional dependency, 4 internal error, 130 interrupted. Errors are one
 line on stderr; ``--debug`` shows the traceback.
 """
 
@@ -33,7 +33,7 @@ EPILOG = """\
 exit codes:
   0  the gate passed (a warning passes too, unless --fail-on warn)
   1  the gate failed
-  2  usage, configuration, policy or input error
+  2  usage, configuration, policy, input or output error
   3  an optional dependency is missing (the message names the pip extra)
   4  internal error (a bug: please report it with the --debug output)
   130 interrupted
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="shareable outputs: no image data in the report; image ids, patient ids and paths pseudonymised in both files",
     )
     a.add_argument("--config", metavar="FILE", help="audit configuration TOML file; options below override it")
-    a.add_argument("--checks", metavar="LIST", help="comma-separated checks to run (default: copies)")
+    a.add_argument("--checks", metavar="LIST", help="comma-separated checks to run (default: copies,metadata)")
     a.add_argument(
         "--embedder",
         metavar="NAME[,NAME]",

@@ -4,7 +4,7 @@ A configuration file (``--config``) looks like this; every key is optional::
 
     seed = 0
     embedders = ["pixels", "copydetect"]   # the first is the primary space of the checks
-    checks = ["copies"]
+    checks = ["copies", "metadata"]
     max_skipped = 0.05
 
     [copies]             # one table per check, holding that check's options
@@ -142,7 +142,10 @@ class AuditConfig:
     # pixels sees exact and photometric copies; the copy-detection descriptor, fitted on the
     # training images, adds flips, rotations and shifts (README: "Choosing the embedders").
     embedders: tuple[str, ...] = ("pixels", "copydetect")
-    checks: tuple[str, ...] = ("copies",)
+    # metadata runs by default: reading headers costs little, and a header copied from a training
+    # file leaks whatever the pixels are. On array inputs it is "not assessed" (no files), which
+    # the default policy counts as a warning, not a failure.
+    checks: tuple[str, ...] = ("copies", "metadata")
     max_skipped: float = 0.05
     batch_size: int = 256
     device: str = "cpu"

@@ -20,7 +20,7 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, force: bool = False)
     """Build the phantom study, audit the leaky and the clean set, and return a summary text."""
     from privaudit.cli import summarize
 
-    root = prepare_output_dir(out, force=force)
+    root = prepare_output_dir(out, force=force, create=True)
     # 250 holdout patients (1,000 scans): the copies check's detection floor for 200 synthetic
     # images is then 4 (2 %), at the default policy's tolerance.
     study = make_study(seed=seed, n_holdout_patients=250)

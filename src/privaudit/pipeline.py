@@ -6,12 +6,14 @@ one signature.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from privaudit._util import atomic_write_text
+from privaudit._util import replace_all, stage_bytes
 from privaudit._version import __version__
 from privaudit.checks.base import CHECKS, AuditContext, CheckResult, CheckStatus, EmbeddedSets, Metric
 from privaudit.config import AuditConfig
@@ -207,23 +209,42 @@ def _embed(spec: str, sets: Mapping[str, ImageSet | None], config: AuditConfig, 
     )
 
 
-def prepare_output_dir(out: str | os.PathLike[str], *, force: bool) -> Path:
-    """Create ``out`` if needed; refuse a file, or a non-empty folder unless ``force``."""
+def prepare_output_dir(out: str | os.PathLike[str], *, force: bool, create: bool = False) -> Path:
+    """Check that ``out`` can receive the outputs: refuse a file, a non-empty folder unless
+    ``force``, or a place that cannot be written.
+
+    The folder itself is created only when the outputs are written (or here, with ``create``),
+    so that an audit that stops on bad input or an interruption leaves nothing behind.
+    """
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise OutputError(
-            f"--out {path} is not empty; choose a new folder, or pass --force to write into it "
-            f"(only {' and '.join(OUTPUT_FILES)} are replaced)"
-        )
+    if path.is_dir():
+        if any(path.iterdir()) and not force:
+            raise OutputError(
+                f"--out {path} is not empty; choose a new folder, or pass --force to write into it "
+                f"(only {' and '.join(OUTPUT_FILES)} are replaced)"
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"--out {path} is not writable")
+    else:
+        parent = path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise OutputError(f"--out {path} cannot be created ({os.strerror(errno.ENOTDIR)})")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"--out {path} cannot be created ({parent} is not writable)")
+    if create:
+        _make_dir(path)
+    return path
+
+
+def _make_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"--out {path} cannot be created ({exc.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OutputError(f"--out {path} is not writable")
-    return path
 
 
 def write_outputs(
@@ -248,11 +269,29 @@ def write_outputs(
         payload = {"results.json": dumps_json(shareable), "report.html": render_html(shareable, no_images=True)}
     else:
         payload = {"results.json": result.to_json(), "report.html": render_html(result, images=images)}
-    written = {}
-    for name, text in payload.items():
+    created = not out.exists()
+    _make_dir(out)
+    # Both files are written to temporary files first and then renamed together, so that neither
+    # a full disk nor an interruption leaves a half-written file or a new results.json next to an
+    # old report.html. If that fails, a folder created for them is removed again.
+    staged: list[tuple[Path, Path]] = []
+    committed = False
+    try:
+        for name, text in payload.items():
+            try:
+                staged.append((stage_bytes(out / name, text.encode("utf-8")), out / name))
+            except OSError as exc:
+                raise OutputError(f"cannot write {out / name} ({exc.strerror or exc})") from None
         try:
-            atomic_write_text(out / name, text)
+            replace_all(staged)
         except OSError as exc:
-            raise OutputError(f"cannot write {out / name} ({exc.strerror or exc})") from None
-        written[name] = out / name
-    return written
+            raise OutputError(f"cannot write into {out} ({exc.strerror or exc})") from None
+        committed = True
+    finally:
+        if not committed:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only if empty
+    return {name: out / name for name in payload}

@@ -136,7 +136,7 @@ class Policy:
     Example:
         >>> policy = Policy.default()
         >>> [r.metric for r in policy.rules]
-        ['copies.copy_rate']
+        ['copies.copy_rate', 'copies.flagged_rate', 'copies.control_sensitivity_score', 'metadata.identifier_match_rate', 'metadata.identifying_field_rate']
     """
 
     rules: tuple[Rule, ...]
@@ -269,7 +269,8 @@ class Policy:
                 use=rule.use,
                 n_waivers=n_waivers,
             )
-        assert isinstance(metric, Metric)
+        if not isinstance(metric, Metric):  # every other case returned "not assessed" above
+            raise TypeError(f"{rule.metric}: expected a Metric, got {type(metric).__name__}")
         value = float(metric.value)  # type: ignore[arg-type]
         compared = value if rule.use == "value" else float(getattr(metric, rule.use))
         if rule.trips(compared, rule.fail):

@@ -233,7 +233,8 @@ class Waivers:
             if w.decision == PENDING:
                 continue
             reviewable = CHECKS.get(w.check).reviewable
-            assert reviewable is not None  # checked when parsed
+            if reviewable is None:  # checked when parsed; kept as an error under python -O too
+                raise RuntimeError(f"check {w.check!r} has nothing a reviewer can waive")
             result = checks.get(w.check)
             if result is None:
                 unmatched.append(UnmatchedWaiver(w.check, w.item, w.decision, w.reviewer, f"check {w.check!r} was not run"))

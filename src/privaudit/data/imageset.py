@@ -58,6 +58,9 @@ class ImageSet:
         kind: ``"folder"``, ``"manifest"``, ``"array"`` or ``"memory"``.
         skipped: files that were found but could not be decoded.
         n_ignored: files in a folder that are not images (other extensions, hidden files).
+        files: the absolute path of the file behind each image (folder and manifest inputs), or
+            ``None`` when the images did not come from one file each (arrays, memory). Checks
+            that read file headers (``metadata``) use it; it never reaches an output.
 
     Example:
         >>> import numpy as np
@@ -74,13 +77,14 @@ class ImageSet:
     kind: str = "memory"
     skipped: tuple[SkippedFile, ...] = ()
     n_ignored: int = 0
+    files: tuple[str, ...] | None = None
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.images)
         if len(self.ids) != n:
             raise InputError(f"{self.source}: {len(self.ids)} ids for {n} images")
-        for name in ("patient_ids", "labels"):
+        for name in ("patient_ids", "labels", "files"):
             values = getattr(self, name)
             if values is not None and len(values) != n:
                 raise InputError(f"{self.source}: {len(values)} {name} for {n} images")
@@ -142,6 +146,7 @@ class ImageSet:
             labels=None if self.labels is None else tuple(self.labels[i] for i in idx),
             source=source or self.source,
             kind=self.kind,
+            files=None if self.files is None else tuple(self.files[i] for i in idx),
         )
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, ...]]:

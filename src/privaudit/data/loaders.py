@@ -83,6 +83,8 @@ def _load_folder(root: Path, *, label: str, max_skipped: float) -> ImageSet:
 
     def on_error(exc: OSError) -> None:
         where = Path(exc.filename) if exc.filename else root
+        if where == root:  # os.access can say yes (root, ACLs, network file systems) and listing still fail
+            raise InputError(f"{label}: folder is not readable: {root} ({exc.strerror})")
         skipped.append(SkippedFile(_rel(where, root), f"folder not readable ({exc.strerror})"))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
@@ -96,11 +98,12 @@ def _load_folder(root: Path, *, label: str, max_skipped: float) -> ImageSet:
             else:
                 n_ignored += 1
     candidates.sort(key=lambda p: _rel(p, root))
-    images, ids = [], []
+    images, ids, files = [], [], []
     for p in candidates:
         try:
             images.append(read_image(p))
             ids.append(_rel(p, root))
+            files.append(os.path.abspath(p))
         except UnreadableImage as exc:
             skipped.append(SkippedFile(_rel(p, root), str(exc)))
     _check_skipped(label, root, n_found=len(candidates), skipped=skipped, n_ok=len(images), max_skipped=max_skipped, n_ignored=n_ignored)
@@ -111,6 +114,7 @@ def _load_folder(root: Path, *, label: str, max_skipped: float) -> ImageSet:
         kind="folder",
         skipped=tuple(skipped),
         n_ignored=n_ignored,
+        files=tuple(files),
     )
 
 
@@ -144,11 +148,20 @@ def _check_skipped(
     if share > max_skipped:
         first = skipped[0]
         raise InputError(
-            f"{label}: {len(skipped)} of {n_total} files ({share:.0%}) could not be read, more than "
-            f"--max-skipped {max_skipped:.0%}; first: {first.path}: {first.reason}"
+            f"{label}: {len(skipped)} of {n_total} files ({_percent(share, max_skipped)}) could not be read, "
+            f"more than --max-skipped {_percent(max_skipped, share)}; first: {first.path}: {first.reason}"
         )
     for s in skipped:
         log.warning("%s: skipped %s: %s", label, s.path, s.reason)
+
+
+def _percent(value: float, other: float) -> str:
+    """``value`` as a percentage with enough decimals to differ from ``other`` (5.3% vs 5%)."""
+    for digits in range(0, 4):
+        text = f"{value:.{digits}%}"
+        if round(value * 100, digits) != round(other * 100, digits) or digits == 3:
+            return text
+    return text  # pragma: no cover
 
 
 def _load_array_file(path: Path, *, label: str) -> ImageSet:
@@ -161,8 +174,8 @@ def _load_array_file(path: Path, *, label: str) -> ImageSet:
                 "(save plain numeric arrays)"
             ) from None
         raise InputError(f"{label}: {path} is not a readable NumPy file ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise InputError(f"{label}: {path} is not a readable NumPy file ({exc})") from None
+    except Exception as exc:  # OSError, EOFError, zipfile.BadZipFile, zlib.error, ...
+        raise InputError(f"{label}: {path} is not a readable NumPy file ({type(exc).__name__}: {exc})") from None
     patient_ids = labels = None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
@@ -257,12 +270,14 @@ def _load_manifest(path: Path, *, label: str, max_skipped: float) -> ImageSet:
     has_patients = "patient_id" in columns
     has_labels = "label" in columns
     seen: dict[str, int] = {}
-    images, ids, patients, labels = [], [], [], []
+    images, ids, patients, labels, files = [], [], [], [], []
     skipped: list[SkippedFile] = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         rel = row.get("path", "")
         if not rel:
             raise InputError(f"{label}: manifest {path}, line {line}: empty path")
+        if any(ord(ch) < 32 for ch in rel):
+            raise InputError(f"{label}: manifest {path}, line {line}: path {rel!r} contains a control character")
         norm = _safe_relative(rel)
         if norm is None:
             raise InputError(
@@ -279,7 +294,8 @@ def _load_manifest(path: Path, *, label: str, max_skipped: float) -> ImageSet:
                 raise InputError(f"{label}: manifest {path}, line {line}: empty {column}")
         file = root / norm
         if not file.is_file():
-            skipped.append(SkippedFile(norm, "file listed in the manifest does not exist"))
+            why = "is a folder, not a file" if file.is_dir() else "does not exist"
+            skipped.append(SkippedFile(norm, f"file listed in the manifest {why}"))
             continue
         try:
             images.append(read_image(file))
@@ -287,6 +303,7 @@ def _load_manifest(path: Path, *, label: str, max_skipped: float) -> ImageSet:
             skipped.append(SkippedFile(norm, str(exc)))
             continue
         ids.append(norm)
+        files.append(os.path.abspath(file))
         patients.append(row.get("patient_id", ""))
         labels.append(row.get("label", ""))
     _check_skipped(label, path, n_found=len(rows), skipped=skipped, n_ok=len(images), max_skipped=max_skipped)
@@ -298,6 +315,7 @@ def _load_manifest(path: Path, *, label: str, max_skipped: float) -> ImageSet:
         source=str(path),
         kind="manifest",
         skipped=tuple(skipped),
+        files=tuple(files),
     )
 
 
