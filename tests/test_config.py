@@ -14,10 +14,16 @@ def test_defaults_and_round_trip(tmp_path):
     assert cfg.to_dict() == {
         "seed": 0,
         "embedders": ["pixels"],
-        "checks": ["copies"],
+        "checks": ["copies", "quality"],
         "max_skipped": 0.05,
         "batch_size": 256,
-        "check_options": {"copies": {"alpha": 0.01, "near_duplicate_similarity": None}},
+        "check_options": {
+            "copies": {"alpha": 0.01, "near_duplicate_similarity": None},
+            "quality": {
+                "embedder": None, "k": 5, "kid_subsets": 100, "kid_subset_size": 1000,
+                "fid_bootstrap": 20, "cas_classifier": "linear", "cas_bootstrap": 1000,
+            },
+        },
     }
     path = tmp_path / "c.toml"
     path.write_text('seed = 4\nchecks = ["copies"]\n[copies]\nalpha = 0.05\nnear_duplicate_similarity = 1\n')

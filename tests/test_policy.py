@@ -95,4 +95,9 @@ def test_default_policy_is_commented_and_valid():
     assert text.count("#") > 10
     p = Policy.default()
     assert p.source == "default" and p.not_assessed is Status.FAIL
-    assert [(r.metric, r.warn, r.fail) for r in p.rules] == [(RULE, 0.01, 0.02)]
+    assert [(r.metric, r.warn, r.fail) for r in p.rules] == [
+        (RULE, 0.01, 0.02),
+        ("quality.precision_ratio_score", 0.7, None),
+        ("quality.coverage_ratio_score", 0.7, None),
+    ]
+    assert [r.not_assessed for r in p.rules[1:]] == [Status.WARN, Status.WARN]

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--policy", metavar="FILE", help="policy TOML file (default: the shipped default policy)")
     a.add_argument("--config", metavar="FILE", help="audit configuration TOML file; options below override it")
-    a.add_argument("--checks", metavar="LIST", help="comma-separated checks to run (default: copies)")
+    a.add_argument("--checks", metavar="LIST", help="comma-separated checks to run (default: copies,quality)")
     a.add_argument(
         "--embedder",
         metavar="NAME[,NAME]",

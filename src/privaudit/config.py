@@ -4,7 +4,7 @@ A configuration file (``--config``) looks like this; every key is optional::
 
     seed = 0
     embedders = ["pixels"]   # the first is the primary space of the checks
-    checks = ["copies"]
+    checks = ["copies", "quality"]
     max_skipped = 0.05
 
     [copies]             # one table per check, holding that check's options
@@ -137,7 +137,7 @@ class AuditConfig:
 
     seed: int = 0
     embedders: tuple[str, ...] = ("pixels",)
-    checks: tuple[str, ...] = ("copies",)
+    checks: tuple[str, ...] = ("copies", "quality")
     max_skipped: float = 0.05
     batch_size: int = 256
     check_options: Mapping[str, Any] = field(default_factory=dict)

@@ -1,6 +1,7 @@
 """Checks stage: one module per check, all with one signature (see :mod:`.base`)."""
 
 from privaudit.checks import copies as _copies  # noqa: F401  (registers "copies")
+from privaudit.checks import quality as _quality  # noqa: F401  (registers "quality")
 from privaudit.checks.base import (
     CHECKS,
     AuditContext,
