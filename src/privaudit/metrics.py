@@ -135,26 +135,24 @@ class GaussianStats:
 def gaussian_stats(features: np.ndarray, *, chunk_size: int = 8192) -> GaussianStats:
     """The mean and sample covariance of ``features``, in float64 and bounded extra memory.
 
-    Rows are converted to float64 ``chunk_size`` at a time and accumulated with a symmetric
-    rank-k update (BLAS ``dsyrk``, half the work of ``np.cov``'s full product).
+    Rows are converted to float64 ``chunk_size`` at a time, centred on the exact mean and
+    accumulated as ``block^T block`` (BLAS dgemm; OpenBLAS's symmetric ``dsyrk`` was no faster
+    here). Only ``chunk_size x d`` float64 values exist at a time, where ``np.cov`` converts and
+    centres the whole array.
 
     Example:
         >>> s = gaussian_stats(np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 8.0]]))
         >>> s.mean.tolist(), s.cov.tolist()
         ([2.0, 4.0], [[4.0, 7.0], [7.0, 13.0]])
     """
-    from scipy.linalg.blas import dsyrk
-
     x = _features(features, "features", min_rows=2)
     n, d = x.shape
     mean = x.mean(axis=0, dtype=np.float64)
-    acc = np.zeros((d, d), dtype=np.float64, order="F")
+    acc = np.zeros((d, d), dtype=np.float64)
     for start in range(0, n, chunk_size):
         block = x[start : start + chunk_size].astype(np.float64) - mean
-        # block.T is Fortran-ordered, so dsyrk reads it without a copy: acc += block^T block.
-        acc = dsyrk(1.0, block.T, beta=1.0, c=acc, trans=0, lower=0, overwrite_c=1)
-    upper = np.triu(acc)
-    cov = (upper + np.triu(acc, 1).T) / (n - 1)
+        acc += block.T @ block
+    cov = (acc + acc.T) / (2.0 * (n - 1))  # symmetric to the last bit
     return GaussianStats(mean=mean, cov=cov, n=n)
 
 
@@ -557,22 +555,31 @@ def prdc_with_radii(
     counts = np.zeros(n_f, dtype=np.int64)
     covered = np.zeros(n_r, dtype=bool)
     recalled = np.zeros(n_r, dtype=bool)
+    # Buffers are reused from tile to tile: fresh 64 MB allocations (and their page faults)
+    # cost as much as the comparisons themselves.
+    flat = (torch.empty(min(tile, n_f) * min(tile, n_r)), torch.empty(min(tile, n_f) * min(tile, n_r)))
+    ones = torch.ones(min(tile, n_r))
     with torch.inference_mode():
         for j0 in range(0, n_f, tile):
             j1 = min(j0 + tile, n_f)
             fj = f_aug[j0:j1]
             for i0 in range(0, n_r, tile):
                 i1 = min(i0 + tile, n_r)
+                shape = (j1 - j0, i1 - i0)
+                m, scratch = (buf[: shape[0] * shape[1]].view(shape) for buf in flat)
                 # One tolerance per tile, from the tile's largest norms.
                 scale = float(sqrt_b[j0:j1].max() * sqrt_a[i0:i1].max() + b[j0:j1].max() / 2.0 + abs_alpha[i0:i1].max())
                 tol = gamma * scale
                 tol2 = tol + 4.0 * _U32 * (scale + s2_max)
-                m = fj @ r_aug[i0:i1].T  # (fakes, reals) margins of "fake in real ball"
-                n_sure = (m > tol).sum(dim=1, dtype=torch.int32)
-                counts[j0:j1] += n_sure.numpy()
+                torch.mm(fj, r_aug[i0:i1].T, out=m)  # (fakes, reals) margins of "fake in real ball"
+                # Counts through a float 0/1 mask and a matrix-vector product: faster than
+                # summing a bool tensor, and exact (integers below 2^24).
+                torch.gt(m, tol, out=scratch)
+                counts[j0:j1] += (scratch @ ones[: shape[1]]).numpy().astype(np.int64)
                 covered[i0:i1] |= (m.amax(dim=0) > tol).numpy()
-                # Rows holding a margin within the band (rare) are decided again in float64.
-                band_rows = (m.abs().amin(dim=1) <= tol).numpy()
+                # Rows holding a margin within the band (few) are decided again in float64.
+                torch.abs(m, out=scratch)
+                band_rows = (scratch.amin(dim=1) <= tol).numpy()
                 if band_rows.any():
                     _resolve_in_real_balls(m, band_rows, tol, real, fake, real_r2, j0, i0, counts, covered)
                 # Recall: "real in fake ball" margins, compared with r_i²/2.

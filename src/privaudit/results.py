@@ -21,7 +21,7 @@ from privaudit.data.imageset import InputSummary
 from privaudit.embed.base import EmbedderInfo
 from privaudit.policy import Verdict
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"  # 1.1: the quality check
 
 
 @dataclass(frozen=True)
