@@ -1,10 +1,13 @@
 """Speed and memory of privaudit.metrics' PRDC and FID against their reference implementations.
 
-    .venv/bin/python benchmarks/quality.py                 # N = 10k, 20k, 100k (~10 min on 2 cores)
+    .venv/bin/python benchmarks/quality.py                 # N = 10k, 20k, 100k (~10 min on 2 idle cores)
     .venv/bin/python benchmarks/quality.py --sizes 10000   # a quick run
 
 Every measurement runs in a fresh subprocess, so that its peak memory (the child's
 ``ru_maxrss``) is its own. Measured in the same run:
+
+Up to N = 20,000 every task runs twice, alternating, and the faster run counts (the machine may be
+shared); at 100,000 once.
 
 * **PRDC** on two N(0, I) sets of N x 512 float32 at k = 5: ``privaudit.metrics.prdc`` against
   the ``prdc`` package (0.2, Naeem et al.'s code, three full N x N distance matrices), and
@@ -178,22 +181,20 @@ def main() -> int:
             flush=True,
         )
 
+    # Other processes share these cores, so up to 20k every task runs twice, the tasks of one
+    # size alternating, and the faster run of each counts (the same for ours and the
+    # references). At 100k each runs once.
     print(f"PRDC, N x {PRDC_DIM} float32, k = 5")
     for n in sizes:
-        floor = "floor" if n <= PRDC_REFERENCE_MAX_N else "floor1"
-        # Ours and the floor alternate, twice up to 20k (the fastest of each counts: other
-        # processes share these cores); the reference runs once.
-        tasks = ["prdc_ours", floor] * (2 if n <= PRDC_REFERENCE_MAX_N else 1)
-        if n <= PRDC_REFERENCE_MAX_N:
-            tasks.append("prdc_ref")
+        small = n <= PRDC_REFERENCE_MAX_N
+        tasks = ["prdc_ours", "floor", "prdc_ref"] * 2 if small else ["prdc_ours", "floor1"]
         for task in tasks:
             r = measure(task, n, args.timeout)
             runs.append(r)
             show(r)
     print(f"FID, N x {FID_DIM} float32")
     for n in sizes:
-        # Ours twice (the faster counts), the reference once: the reference's sqrtm dominates.
-        for task in ("fid_ours", "fid_ref", "fid_ours") if n <= PRDC_REFERENCE_MAX_N else ("fid_ours", "fid_ref"):
+        for task in ["fid_ours", "fid_ref"] * (2 if n <= PRDC_REFERENCE_MAX_N else 1):
             r = measure(task, n, args.timeout)
             runs.append(r)
             show(r)
@@ -234,9 +235,11 @@ def main() -> int:
             print(f"  PRDC N={n:,}: peak memory {ours['peak_rss_bytes'] / gb:.2f} GB (input data {ours['rss_before_bytes'] / gb:.2f} GB)")
         fo, fr = get("fid_ours", n), get("fid_ref", n)
         if fo and fr:
-            fastest_distance = min(r["distance_seconds"] for r in runs if r["task"] == "fid_ours" and r["n"] == n and "error" not in r)
+            def fastest(task: str, key: str) -> float:
+                return min(r[key] for r in runs if r["task"] == task and r["n"] == n and "error" not in r)
+
             ratios[f"fid_speedup_total_{n}"] = fr["seconds"] / fo["seconds"]
-            ratios[f"fid_speedup_distance_{n}"] = fr["distance_seconds"] / fastest_distance
+            ratios[f"fid_speedup_distance_{n}"] = fastest("fid_ref", "distance_seconds") / fastest("fid_ours", "distance_seconds")
             rel = abs(fo["value"] - fr["value"]) / abs(fr["value"])
             ratios[f"fid_relative_difference_{n}"] = rel
             print(

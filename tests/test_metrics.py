@@ -160,6 +160,7 @@ def test_prdc_does_not_depend_on_tiles_chunks_or_order():
     fake = (rs.normal(size=(271, 10)) * 1.2).astype(np.float32)
     r2, f2 = M.knn_radii_sq(real, 5), M.knn_radii_sq(fake, 5)
     np.testing.assert_array_equal(M.knn_radii_sq(real, 5, chunk_size=17), r2)
+    np.testing.assert_array_equal(M.knn_radii_sq(real, 5, tile=50), r2)
     big = M.prdc_with_radii(real, fake, r2, f2, k=5)
     small = M.prdc_with_radii(real, fake, r2, f2, k=5, tile=37)
     for name in ("fake_ball_counts", "real_covered", "real_in_fake_manifold"):
@@ -171,16 +172,18 @@ def test_prdc_does_not_depend_on_tiles_chunks_or_order():
     assert (perm.precision, perm.recall, perm.density, perm.coverage) == (big.precision, big.recall, big.density, big.coverage)
 
 
-def test_radii_widen_the_search_when_candidates_tie():
-    """30 identical points: FAISS's first candidates are all duplicates at float32 distance ~0,
-    which cannot prove the radius; the search must widen and still return the exact values."""
+def test_radii_widen_the_search_when_candidates_tie(caplog):
+    """30 identical points: the first candidates are all duplicates at float32 distance ~0,
+    which cannot prove the radius; the search must widen (FAISS) and still be exact."""
+    caplog.set_level("DEBUG", logger="privaudit.metrics")
     rs = np.random.RandomState(4)
     x = rs.normal(size=(120, 5)).astype(np.float32)
     x[:30] = x[0]
     x[40:52] = x[40] + rs.normal(scale=1e-4, size=(12, 5)).astype(np.float32)  # near-duplicates
     for k in (1, 5, 29, 35):
         expected = np.sort(((x[:, None, :].astype(np.float64) - x[None].astype(np.float64)) ** 2).sum(-1), axis=1)[:, k]
-        np.testing.assert_allclose(M.knn_radii_sq(x, k), expected, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(M.knn_radii_sq(x, k, tile=32), expected, rtol=1e-12, atol=0)
+    assert "searched again" in caplog.text
 
 
 def test_prdc_input_errors_and_degenerate_sizes():
