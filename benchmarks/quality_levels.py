@@ -5,7 +5,7 @@ from the phantoms, audits each with the ``quality`` check (``pixels`` space), an
 per scenario; ends with one line holding a JSON object of the figures. The default policy's
 quality levels are chosen from this table (see the README).
 
-    .venv/bin/python benchmarks/quality_levels.py            # ~2 minutes on 2 cores
+    .venv/bin/python benchmarks/quality_levels.py    # 1 minute on 2 idle cores, 7 under load
 
 Scenarios (PneumoniaMNIST: training = 2,000 train images drawn at random with seed 0 (the file's
 train split is sorted by label: its first 1,214 images are all class 0), holdout = the 624 test
