@@ -133,6 +133,7 @@ def test_options_embedder_spaces_and_validation():
         ({"k": 0}, "quality.k must be an integer of at least 1"),
         ({"cas_classifier": "svm"}, "expected one of 'linear', 'cnn'"),
         ({"fid_bootstrap": -1}, "quality.fid_bootstrap must be an integer of at least 0"),
+        ({"fid_bootstrap": 1}, "must be 0 \\(no interval\\) or at least 2"),
         ({"kid_subset": 10}, "unknown key 'kid_subset' \\(did you mean 'kid_subsets'\\?\\)"),
     ]:
         with pytest.raises(ConfigError, match=message):
@@ -228,3 +229,62 @@ def test_cli_runs_quality_alone_with_a_config_file(study_files, tmp_path, capsys
     cfg.write_text('[quality]\ncas_classifer = "cnn"\n')
     assert main([*argv[:-2], "--out", str(tmp_path / "p")]) == 2
     assert "unknown key 'cas_classifer' (did you mean 'cas_classifier'?)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Another embedding space, and real data
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def coarse_embedder():
+    """A second registered space (pixels at 8 x 8), removed again after the test."""
+    from privaudit.embed import EMBEDDERS
+    from privaudit.embed.base import Preprocessing
+    from privaudit.embed.pixels import PixelsEmbedder
+
+    class Coarse(PixelsEmbedder):
+        name = "coarse"
+        description = "8x8 pixels (test only)"
+        preprocessing = Preprocessing(size=(8, 8))
+        dim = 64
+
+    EMBEDDERS.add("coarse", Coarse)
+    yield "coarse"
+    EMBEDDERS._items.pop("coarse")
+
+
+def test_quality_runs_in_the_space_its_option_names(study, coarse_embedder):
+    cfg = AuditConfig.from_dict({"quality": {"embedder": coarse_embedder}})
+    assert cfg.spaces_needed() == ("pixels", "coarse")
+    result = audit(study.train, study.clean, study.holdout, config=cfg)
+    assert [e.name for e in result.embedders] == ["pixels", "coarse"]
+    assert result.checks["copies"].embedder == "pixels"
+    q = result.checks["quality"]
+    assert q.embedder == "coarse" and "64-d" in q.feature_space and "coarse" in q.cas.classifier
+    primary = audit(study.train, study.clean, study.holdout, config=ROLES_ONLY).checks["quality"]
+    assert q.figures != primary.figures
+
+
+@pytest.mark.realdata
+def test_pneumoniamnist_real_images_pass_and_noise_warns():
+    """Real chest X-rays (PneumoniaMNIST val) against a random training subset and the test split:
+    both quality ratios near 1; the same images half replaced by noise lose precision."""
+    from conftest import realdata
+
+    data = np.load(realdata("medmnist/pneumoniamnist.npz"))
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(data["train_images"]), 1000, replace=False))
+    train = ImageSet.from_arrays(data["train_images"][pick], labels=data["train_labels"][pick])
+    holdout = ImageSet.from_arrays(data["test_images"], labels=data["test_labels"])
+    real = ImageSet.from_arrays(data["val_images"], labels=data["val_labels"])
+    noisy = data["val_images"].copy()
+    noisy[: len(noisy) // 2] = rng.integers(0, 256, size=noisy[: len(noisy) // 2].shape, dtype=np.uint8)
+    half_noise = ImageSet.from_arrays(noisy, labels=data["val_labels"])
+    good = audit(train, real, holdout, config=ROLES_ONLY).checks["quality"]
+    bad = audit(train, half_noise, holdout, config=ROLES_ONLY).checks["quality"]
+    assert good.metrics["precision_ratio_score"].value > 0.85 and good.metrics["coverage_ratio_score"].value > 0.85
+    assert good.cas.ratio > 0.9 and good.cas.n_test == 624
+    assert bad.metrics["precision_ratio_score"].value < 0.6
+    fid_good, fid_bad = good.figures[4], bad.figures[4]
+    assert fid_bad.synthetic.ci_low > fid_good.synthetic.ci_high

@@ -97,6 +97,8 @@ class QualityOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"quality.{name} must be an integer of at least {low}; got {value!r}")
+        if self.fid_bootstrap == 1:
+            raise ConfigError("quality.fid_bootstrap must be 0 (no interval) or at least 2 (a standard error needs two replicates)")
         if self.cas_classifier not in ("linear", "cnn"):
             raise ConfigError(f"quality.cas_classifier must be 'linear' or 'cnn'; got {self.cas_classifier!r}")
 
@@ -346,10 +348,9 @@ def _binomial_figure(metric: str, name: str, pr: dict, successes, n: int, over: 
         x = successes(r)
         lo, hi = clopper_pearson(x, n)
         est[side] = Estimate(x / n, lo, hi)
-    other = "holdout radii" if over == "synthetic" else "the compared set's radii"
     return QualityFigure(
         metric, name, _BETTER, est["synthetic"], est["baseline"], n,
-        f"95% Clopper–Pearson interval over the {n} {over} images, holding {other} fixed",
+        f"95% Clopper–Pearson interval over the {n} {over} images, holding the other set and its k-NN radii fixed",
     )
 
 
@@ -361,7 +362,7 @@ def _density_figure(pr: dict, m: int) -> QualityFigure:
         est[side] = Estimate(r.density, max(0.0, r.density - half), r.density + half)
     return QualityFigure(
         "density_score", "Density", _BETTER, est["synthetic"], est["baseline"], m,
-        f"95% normal interval over the {m} compared images, holding the holdout radii fixed",
+        f"95% normal interval over the {m} compared images, holding the holdout and its k-NN radii fixed",
     )
 
 
