@@ -34,8 +34,8 @@ Design notes:
   within a proven rounding bound of the threshold are recomputed that way. Like ``prdc``, the
   test is a strict ``<`` and the radius counts the point itself, so a real point with ``k`` or
   more exact duplicates has radius 0 and contains nothing, not even its duplicates (``prdc``
-  issue #7). Medical sets do hold duplicates (PneumoniaMNIST has 29): they lower precision,
-  density and coverage a little, as in the reference.
+  issue #7). Medical sets do hold duplicates (PneumoniaMNIST has 29), so this matters: such a
+  real image counts for nothing, in the reference and here alike.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ log = logging.getLogger(__name__)
 _KID_GRAM_MAX = 3000
 #: Unit roundoff of float32.
 _U32 = 2.0**-24
-#: Extra FAISS candidates beyond the k + 1 needed for a radius, so that the exact float64
-#: re-ranking rarely has to widen the search.
+#: Extra candidates beyond the k + 1 needed for a radius, so that the exact float64 re-ranking
+#: rarely has to widen the search.
 _EXTRA_CANDIDATES = 8
 #: Rows of one (fake x real) tile of the PRDC cross pass, and its columns: 4096 x 4096 float32
 #: is 64 MB, however large the sets are.
