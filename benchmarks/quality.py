@@ -148,6 +148,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="10000,20000,100000", help="comma-separated N (default 10000,20000,100000)")
     parser.add_argument("--worker", nargs=2, metavar=("TASK", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement before it is abandoned")
+    parser.add_argument("--metrics", default="prdc,fid", help="which to measure: prdc, fid or both (default prdc,fid)")
     args = parser.parse_args()
     if args.worker:
         out = worker(args.worker[0], int(args.worker[1]))
@@ -184,8 +185,9 @@ def main() -> int:
     # Other processes share these cores, so up to 20k every task runs twice, the tasks of one
     # size alternating, and the faster run of each counts (the same for ours and the
     # references). At 100k each runs once.
+    which = set(args.metrics.split(","))
     print(f"PRDC, N x {PRDC_DIM} float32, k = 5")
-    for n in sizes:
+    for n in sizes if "prdc" in which else []:
         small = n <= PRDC_REFERENCE_MAX_N
         tasks = ["prdc_ours", "floor", "prdc_ref"] * 2 if small else ["prdc_ours", "floor1"]
         for task in tasks:
@@ -193,7 +195,7 @@ def main() -> int:
             runs.append(r)
             show(r)
     print(f"FID, N x {FID_DIM} float32")
-    for n in sizes:
+    for n in sizes if "fid" in which else []:
         for task in ["fid_ours", "fid_ref"] * (2 if n <= PRDC_REFERENCE_MAX_N else 1):
             r = measure(task, n, args.timeout)
             runs.append(r)

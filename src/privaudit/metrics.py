@@ -68,11 +68,29 @@ PRDC_TILE = 4096
 
 #: Below this many floating-point operations, BLAS runs on one thread: handing tiny products to
 #: a thread pool costs more than it saves, and on a busy 2-core machine it cost 10-100x (a
-#: 100-subset KID on 50 x 1024 features: 1.2 s on two threads, 0.06 s on one).
+#: 100-subset KID on 50 x 1024 features: 1.2 s on two threads, 0.06 s on one). Symmetric
+#: eigenvalue problems and factorisations always run on one thread: their reductions are made
+#: of many small synchronised steps, and with the cores shared they took 0.9 to 15 s on two
+#: threads against 0.48 s on one (eigvalsh, 2048 x 2048; 2.4 s against 0.021 s at 524 x 524).
 _SMALL_WORK = 2e8
 
 
 _CONTROLLER: list[object] = []
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS/LAPACK on one thread inside the block (numpy's and scipy's OpenBLAS alike)."""
+    if not _CONTROLLER:
+        # Finding the loaded BLAS libraries takes ~20 ms, so it is done once per process, after
+        # loading scipy.linalg: scipy brings its own OpenBLAS, which a controller made before
+        # would not know (and would leave on two threads).
+        import scipy.linalg  # noqa: F401
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER.append(ThreadpoolController())
+    with _CONTROLLER[0].limit(limits=1, user_api="blas"):  # type: ignore[attr-defined]
+        yield
 
 
 @contextlib.contextmanager
@@ -81,12 +99,7 @@ def _blas_threads(flops: float) -> Iterator[None]:
     if flops >= _SMALL_WORK:
         yield
         return
-    if not _CONTROLLER:
-        # Finding the loaded BLAS libraries takes ~20 ms; do it once per process.
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER.append(ThreadpoolController())
-    with _CONTROLLER[0].limit(limits=1, user_api="blas"):  # type: ignore[attr-defined]
+    with _one_blas_thread():
         yield
 
 
@@ -172,17 +185,20 @@ def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
     inner = None
     for a, b in ((cov1, cov2), (cov2, cov1)):
         try:
-            low = cholesky(a, lower=True, check_finite=False)
+            with _one_blas_thread():
+                low = cholesky(a, lower=True, check_finite=False)
         except LinAlgError:
             continue
         inner = low.T @ b @ low
         break
     if inner is None:
-        w, v = eigh(cov1, check_finite=False)
+        with _one_blas_thread():
+            w, v = eigh(cov1, check_finite=False)
         half = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
         inner = half @ cov2 @ half
     inner = (inner + inner.T) / 2.0
-    ev = eigvalsh(inner, check_finite=False)
+    with _one_blas_thread():
+        ev = eigvalsh(inner, check_finite=False)
     return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
 
 
@@ -225,7 +241,7 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
         return math.nan
     # Two exact routes; take the cheaper (flop counts of the dominant steps). The covariance
     # route needs eigenvectors when neither covariance has full rank (both n <= d).
-    low_rank = 2.0 * n1 * n2 * d + 6.0 * n1 * n2 * min(n1, n2)
+    low_rank = 2.0 * n1 * n2 * d + 2.0 * n1 * n2 * min(n1, n2) + 4.0 * min(n1, n2) ** 3
     covariance = (n1 + n2) * d * d + (6.0 if max(n1, n2) > d else 25.0) * d**3
     if low_rank <= covariance:
         with _blas_threads(low_rank):
@@ -235,18 +251,24 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
 
 
 def _fid_low_rank(r: np.ndarray, f: np.ndarray) -> float:
-    """FID from the data when ``n1 + n2 <= d``: ``tr((S1 S2)^(1/2)) = ||A B^T||_*``.
+    """FID from the data when that is cheaper: ``tr((S1 S2)^(1/2)) = ||A B^T||_*``.
 
     With ``S1 = A^T A`` and ``S2 = B^T B``, the non-zero eigenvalues of ``S1 S2`` are those of
-    ``(A B^T)(A B^T)^T``: the squared singular values of the small ``n1 x n2`` matrix ``A B^T``.
+    ``C C^T`` with ``C = A B^T`` (``n1 x n2``): the trace is the sum of the square roots of the
+    eigenvalues of the smaller of ``C C^T`` and ``C^T C`` (``eigvalsh``; the same squared
+    quantities as the covariance route, and several times faster than an SVD of ``C``).
     """
-    from scipy.linalg import svdvals
+    from scipy.linalg import eigvalsh
 
     m1, m2 = r.mean(axis=0, dtype=np.float64), f.mean(axis=0, dtype=np.float64)
     a = (r.astype(np.float64) - m1) / math.sqrt(r.shape[0] - 1)
     b = (f.astype(np.float64) - m2) / math.sqrt(f.shape[0] - 1)
     diff = m1 - m2
-    nuclear = float(svdvals(a @ b.T, check_finite=False).sum())
+    c = a @ b.T
+    gram = c @ c.T if c.shape[0] <= c.shape[1] else c.T @ c
+    with _one_blas_thread():
+        ev = eigvalsh((gram + gram.T) / 2.0, check_finite=False)
+    nuclear = float(np.sqrt(np.clip(ev, 0.0, None)).sum())
     value = float(diff @ diff + np.einsum("ij,ij->", a, a) + np.einsum("ij,ij->", b, b) - 2.0 * nuclear)
     return max(value, 0.0)
 
