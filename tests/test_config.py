@@ -15,7 +15,7 @@ def test_defaults_and_round_trip(tmp_path):
     assert cfg.to_dict() == {
         "seed": 0,
         "embedders": ["pixels", "copydetect"],
-        "checks": ["copies", "metadata"],
+        "checks": ["copies", "metadata", "quality"],
         "max_skipped": 0.05,
         "batch_size": 256,
         "device": "cpu",
@@ -25,6 +25,10 @@ def test_defaults_and_round_trip(tmp_path):
                 "embedders": None, "positive_control": 48, "bootstrap": 200, "explain": 200,
             },
             "metadata": {"placeholders": list(DEFAULT_PLACEHOLDERS)},
+            "quality": {
+                "embedder": None, "k": 5, "kid_subsets": 100, "kid_subset_size": 1000,
+                "fid_bootstrap": 20, "cas_classifier": "linear", "cas_bootstrap": 1000,
+            },
         },
         "embedder_options": {
             "copydetect": {

@@ -56,7 +56,10 @@ def test_gate_reproduces_the_audit_verdict(audited, name, capsys):
 def test_gate_reproduces_a_not_assessed_verdict(study, tmp_path):
     audit(study.train, study.leaky, study.holdout.subset(range(20)), out=tmp_path / "na")
     data = load_results(tmp_path / "na" / "results.json")
-    assert data["verdict"]["n_not_assessed"] == len(Policy.default().rules) and verdict_of(tmp_path / "na" / "results.json") == data["verdict"]
+    not_assessed = {r["metric"] for r in data["verdict"]["reasons"] if r["status"] == "not_assessed"}
+    # 20 holdout images cannot calibrate the copies check; arrays have no headers for metadata.
+    assert not_assessed == {r.metric for r in Policy.default().rules if r.metric.split(".")[0] in ("copies", "metadata")}
+    assert data["verdict"]["n_not_assessed"] == 5 and verdict_of(tmp_path / "na" / "results.json") == data["verdict"]
     assert main(["gate", str(tmp_path / "na" / "results.json")]) == 1
 
 

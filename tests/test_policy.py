@@ -101,9 +101,12 @@ def test_default_policy_is_commented_and_valid():
         ("copies.control_sensitivity_score", 0.8, 0.5),
         ("metadata.identifier_match_rate", None, 0.0),
         ("metadata.identifying_field_rate", 0.0, None),
+        ("quality.precision_ratio_score", 0.7, None),
+        ("quality.coverage_ratio_score", 0.7, None),
     ]
-    # Array inputs have no headers: their metadata rules warn rather than fail when not assessed.
-    assert [r.not_assessed for r in p.rules] == [Status.FAIL] * 3 + [Status.WARN, Status.WARN]
+    # Array inputs have no headers: their metadata rules warn rather than fail when not assessed;
+    # quality warns only.
+    assert [r.not_assessed for r in p.rules] == [Status.FAIL] * 3 + [Status.WARN] * 4
 
 
 # --- interval bounds, min_n, and every rule of the catalog at its boundary --------------------

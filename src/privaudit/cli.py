@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="shareable outputs: no image data in the report; image ids, patient ids and paths pseudonymised in both files",
     )
     a.add_argument("--config", metavar="FILE", help="audit configuration TOML file; options below override it")
-    a.add_argument("--checks", metavar="LIST", help="comma-separated checks to run (default: copies,metadata)")
+    a.add_argument("--checks", metavar="LIST", help="comma-separated checks to run (default: copies,metadata,quality)")
     a.add_argument(
         "--embedder",
         metavar="NAME[,NAME]",

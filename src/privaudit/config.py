@@ -4,7 +4,7 @@ A configuration file (``--config``) looks like this; every key is optional::
 
     seed = 0
     embedders = ["pixels", "copydetect"]   # the first is the primary space of the checks
-    checks = ["copies", "metadata"]
+    checks = ["copies", "metadata", "quality"]
     max_skipped = 0.05
 
     [copies]             # one table per check, holding that check's options
@@ -145,7 +145,7 @@ class AuditConfig:
     # metadata runs by default: reading headers costs little, and a header copied from a training
     # file leaks whatever the pixels are. On array inputs it is "not assessed" (no files), which
     # the default policy counts as a warning, not a failure.
-    checks: tuple[str, ...] = ("copies", "metadata")
+    checks: tuple[str, ...] = ("copies", "metadata", "quality")
     max_skipped: float = 0.05
     batch_size: int = 256
     device: str = "cpu"

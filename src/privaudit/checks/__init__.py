@@ -2,6 +2,7 @@
 
 from privaudit.checks import copies as _copies  # noqa: F401  (registers "copies")
 from privaudit.checks import metadata as _metadata  # noqa: F401  (registers "metadata")
+from privaudit.checks import quality as _quality  # noqa: F401  (registers "quality")
 from privaudit.checks.base import (
     CHECKS,
     AuditContext,

@@ -20,10 +20,11 @@ null first: they score like copies and would hide real ones. Without a holdout, 
 within-training null is used and said so (:data:`FALLBACK_NOTE`).
 
 **Calls.** A conformal p-value per synthetic image and space (Bates et al., Annals of Statistics
-2023); several spaces are combined by Bonferroni (``S`` times the smallest); images are flagged
-under Benjamini–Hochberg at FDR ``q`` (or, on request, at a plain per-image level). The
-detection floor — the fewest copies BH can flag at all with this null, ``ceil(S m / (q (n+1)))``
-— is reported, and the flagged rate carries it so that a policy can refuse to pass a check that
+2023); several spaces are combined by the smallest per-space p-value, itself calibrated against
+the same statistic of the null images (:func:`combined_pvalues`: no Bonferroni factor, so the
+resolution stays ``1 / (n + 1)``); images are flagged under Benjamini–Hochberg at FDR ``q`` (or,
+on request, at a plain per-image level). The detection floor — the fewest copies BH can flag at
+all with this null, ``ceil(m / (q (n+1)))`` — is reported, and the flagged rate carries it so that a policy can refuse to pass a check that
 could not have seen a rate above its tolerance.
 
 **Estimate.** Separately from what was flagged, the copied share is estimated with Storey's
