@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=2500)
     parser.add_argument("--per-family", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--score", default="relative", choices=("relative", "raw", "ratio"))
+    parser.add_argument("--score", default="ratio", choices=("ratio", "relative", "raw"))
     args = parser.parse_args(argv)
     if not DATA.exists() and args.dataset != "phantoms":
         print(f"real data not found at {DATA}", file=sys.stderr)

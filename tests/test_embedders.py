@@ -318,3 +318,14 @@ def test_default_cache_dir_honours_the_environment(private_cache_dir):
     from privaudit.embed import default_cache_dir
 
     assert default_cache_dir() == private_cache_dir == __import__("pathlib").Path(os.environ["PRIVAUDIT_CACHE_DIR"])
+
+
+def test_default_cache_dir_without_the_environment_is_the_users_cache(monkeypatch):
+    """Without PRIVAUDIT_CACHE_DIR the cache goes to the per-user cache folder (platformdirs,
+    a declared dependency: the demo crashed on a fresh install when it was not)."""
+    import platformdirs
+
+    from privaudit.embed import default_cache_dir
+
+    monkeypatch.delenv("PRIVAUDIT_CACHE_DIR")
+    assert default_cache_dir() == __import__("pathlib").Path(platformdirs.user_cache_dir("privaudit", appauthor=False))

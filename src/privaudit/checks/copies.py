@@ -747,13 +747,17 @@ def _positive_control(
     picks = rng.choice(len(ctx.train), size=n, replace=False)
     planted_family = [families[k % len(families)] for k in range(n)]
     images = [transforms.apply(f, ctx.train.images[int(i)], rng) for f, i in zip(planted_family, picks)]
-    scores, nearest = [], None
+    scores, nearests, space_p = [], [], []
     for s in spaces:
         vectors = ctx.space_of(s.spec).embed(images)
         _, nn, score = s.score_extra(vectors)
         scores.append(score)
-        if nearest is None:
-            nearest = nn
+        nearests.append(nn)
+        space_p.append(conformal_pvalues(score, s.null_score))
+    # "Linked" as for flagged pairs: the nearest training image in the space with the strongest
+    # evidence (smallest p-value; the first space on ties).
+    lead = np.argmin(np.stack(space_p), axis=0)
+    nearest = np.stack(nearests)[lead, np.arange(len(images))]
     planted_p = _combined(spaces, scores)
     every = np.concatenate([pvalues, planted_p])
     if options.method == "fdr":
@@ -769,7 +773,7 @@ def _positive_control(
                     family=family,
                     planted=int(sel.sum()),
                     found=int(found[sel].sum()),
-                    linked=int((nearest[sel] == picks[sel]).sum()),  # type: ignore[index]
+                    linked=int((nearest[sel] == picks[sel]).sum()),
                 )
             )
     return PositiveControl(n_planted=n, n_found=int(found.sum()), sensitivity=float(found.mean()) if n else math.nan, families=tuple(rows))
