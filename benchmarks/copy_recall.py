@@ -2,9 +2,9 @@
 
 Real images from ../shared/data: a training split, copies of some training images planted under
 each transform family of privaudit.transforms, and real non-copies (other images or other
-patients). For each embedder, an image is scored as the copies check scores it by default (``relative``):
-its similarity to its most similar training image minus its similarity to its most similar real
-non-copy (for a non-copy itself: the most similar non-copy of *another* patient, or another
+patients). For each embedder, an image is scored as the copies check scores it by default (``ratio``):
+the log of its cosine distance to its most similar real non-copy over its distance to its most
+similar training image (``--score relative``: the difference of the two similarities) (for a non-copy itself: the most similar non-copy of *another* patient, or another
 image where there are no patient ids). The non-copies are the null. The threshold is set on the
 null at 1 % FPR (and 0.1 % where there are at least 3,000 non-copies); recall is the share of
 planted copies above it, per family. ``--score raw`` scores by the similarity alone.

@@ -291,3 +291,16 @@ def test_a_holdout_without_patient_ids_falls_back_to_raw_scores(study):
     assert leaky.n_flagged >= 0.8 * len(study.copies)
     with_ids = audit(study.train, study.clean, study.holdout, config=PIXELS).checks["copies"]
     assert with_ids.score == "ratio" and not any("no patient ids" in w for w in with_ids.warnings)
+
+
+def test_a_null_emptied_by_duplicates_is_not_assessed_not_a_crash(study):
+    """A holdout whose every image duplicates a training image leaves no null at all."""
+    copies_of_train = ImageSet(
+        images=study.train.images[:40], ids=tuple(f"h{i}" for i in range(40)),
+        patient_ids=tuple(f"H{i // 4}" for i in range(40)),
+    )
+    result = audit(study.train, study.clean, copies_of_train, config=PIXELS)
+    c = result.checks["copies"]
+    assert c.status is CheckStatus.NOT_ASSESSED and "the null holds 0 score(s)" in c.reason
+    assert c.null.n_duplicates_removed == 40
+    assert result.verdict.status.value == "fail"

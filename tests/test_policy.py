@@ -184,3 +184,18 @@ def test_every_rule_fires_at_its_boundary(name, spec, use):
     assert status(warn) == "pass" and status(warn + worse * eps) == "warn"
     assert status(fail) == "warn" and status(fail + worse * eps) == "fail"
     assert status(warn - worse * 0.1) == "pass"
+
+
+@pytest.mark.parametrize(
+    "floor_count, n, assessed",
+    [(1, 40, True), (3, 100, True), (4, 100, False), (5, 201, True), (6, 201, False), (10, 100, False)],
+)
+def test_the_floor_rule_compares_counts_with_the_first_failing_count(floor_count, n, assessed):
+    """At fail = 0.02 the first failing count is floor(0.02 n) + 1 (1 of 40, 3 of 100, 5 of 201):
+    a method that can flag that many could have shown a failing set, so the rule is assessed."""
+    p = Policy.from_dict({"copies": {"flagged_rate": {"fail": 0.02}}})
+    outcome = p.evaluate_metrics({"copies.flagged_rate": Metric(0.0, n, 0.0, 0.1, floor=floor_count / n)}).reasons[0]
+    assert (outcome.status is not Status.NOT_ASSESSED) == assessed, outcome.message
+    # A value above the level fails whatever the floor.
+    above = p.evaluate_metrics({"copies.flagged_rate": Metric(0.5, n, 0.4, 0.6, floor=floor_count / n)})
+    assert above.status is Status.FAIL and above.reasons[0].status is Status.FAIL

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--embedder",
         metavar="NAME[,NAME]",
-        help="embedding space(s) of the checks, the first the primary one (default: pixels)",
+        help="embedding space(s) of the checks, the first the primary one (default: pixels,copydetect)",
     )
     a.add_argument("--seed", type=_nonneg_int, metavar="N", help="random seed (default: 0)")
     a.add_argument(

@@ -310,14 +310,21 @@ def _tolerance(rule: Rule) -> float | None:
 
 
 def _below_floor(rule: Rule, metric: Metric) -> bool:
-    """A higher-is-worse rate whose floor is above the policy's tolerance (the fail level), and
+    """A higher-is-worse rate whose floor lies beyond the policy's tolerance (the fail level), and
     whose value did not exceed the tolerance anyway: the method could not have shown it was
-    under it. (A warn level of 0, "warn on any flag", needs no resolution and is not checked.)"""
+    under it. (A warn level of 0, "warn on any flag", needs no resolution and is not checked.)
+
+    In counts out of ``n``: the level trips from ``k_fail = floor(level n) + 1`` items on, so the
+    method could have told a failing set from a passing one whenever it can flag ``k_fail``
+    items, i.e. when ``floor n <= k_fail`` (a floor of 1 image of 40 with a 2 % level: 1 is the
+    first failing count, assessed)."""
     level = _tolerance(rule)
-    if metric.floor is None or level is None or rule.direction is not Direction.HIGHER_IS_WORSE:
+    if metric.floor is None or level is None or rule.direction is not Direction.HIGHER_IS_WORSE or metric.n <= 0:
         return False
     compared = metric.value if rule.use == "value" else getattr(metric, rule.use)
-    return metric.floor > level and compared is not None and compared <= level
+    floor_count = round(metric.floor * metric.n)
+    first_failing = math.floor(level * metric.n + 1e-9) + 1
+    return floor_count > first_failing and compared is not None and compared <= level
 
 
 def metrics_from_dicts(checks: Mapping[str, Mapping[str, Any]]) -> dict[str, Metric | str]:

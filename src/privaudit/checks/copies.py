@@ -98,7 +98,7 @@ class CopiesOptions:
             p <= ``alpha``: each non-copy is flagged with probability at most ``alpha``, but
             among many images some will be).
         alpha: the per-image level, and the threshold ``lambda`` of the copied-share estimate.
-            The null must hold at least ``S/alpha - 1`` scores (S spaces).
+            The null must hold at least ``1/alpha - 1`` scores.
         score: ``"ratio"`` (log of the distance to real non-members over the distance to
             training), ``"relative"`` (similarity to training minus similarity to real
             non-members) or ``"raw"`` (similarity to training).
@@ -397,7 +397,9 @@ class CopiesCheck(Check):
         m = len(primary.syn_score)
         n_min = len(primary.null_score)
         lam = attainable_level(options.alpha, n_min) if n_min else 0.0
-        pvalues = _combined(spaces)
+        # An empty null (every non-member duplicates a training image) has no p-values: the check
+        # is then not assessed below, with the reason.
+        pvalues = _combined(spaces) if n_min else np.ones(m)
         within_train = _internal_duplicates(ctx, "train", spaces[0].spec, options)
         within_syn = _internal_duplicates(ctx, "synthetic", spaces[0].spec, options)
         dup_rate = within_syn.n_images_involved / m if m else math.nan
