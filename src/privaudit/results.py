@@ -25,7 +25,7 @@ from privaudit.embed.base import EmbedderInfo
 from privaudit.errors import InputError
 from privaudit.policy import Verdict
 
-SCHEMA_VERSION = "1.3.0"
+SCHEMA_VERSION = "1.4.0"
 
 
 @dataclass(frozen=True)
