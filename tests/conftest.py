@@ -136,3 +136,16 @@ def realdata(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path}")
     return path
+
+
+# The attacks' profile (membership, reid): 60 training patients, so that each side of the
+# membership evaluation holds 30 patients (15 per half); still 32 px. Its identity probe is
+# fitted once per session (the fit is cached under the training set's hash in the session
+# cache), at 64 px (ATTACKS_EMBEDDER_OPTIONS): the 32 px phantoms hold no more detail at 224.
+ATTACKS_PROFILE = dict(n_train_patients=60, n_holdout_patients=120, scans_per_patient=4, n_synthetic=60, size=32)
+ATTACKS_EMBEDDER_OPTIONS = {"identity": {"size": 64}}
+
+
+@pytest.fixture(scope="session")
+def attack_study() -> PhantomStudy:
+    return make_study(seed=0, **ATTACKS_PROFILE)

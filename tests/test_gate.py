@@ -56,9 +56,11 @@ def test_gate_reproduces_the_audit_verdict(audited, name, capsys):
 def test_gate_reproduces_a_not_assessed_verdict(study, tmp_path):
     audit(study.train, study.leaky, study.holdout.subset(range(20)), out=tmp_path / "na")
     data = load_results(tmp_path / "na" / "results.json")
-    not_assessed = {r["metric"] for r in data["verdict"]["reasons"] if r["status"] == "not_assessed"}
     # 20 holdout images cannot calibrate the copies check; arrays have no headers for metadata.
+    # The opt-in checks' only_if_run rules do not apply: those checks were not run.
+    not_assessed = {r["metric"] for r in data["verdict"]["reasons"] if r["status"] == "not_assessed"}
     assert not_assessed == {r.metric for r in Policy.default().rules if r.metric.split(".")[0] in ("copies", "metadata")}
+    assert not {r["metric"].split(".")[0] for r in data["verdict"]["reasons"]} & {"membership", "reid"}
     assert data["verdict"]["n_not_assessed"] == 5 and verdict_of(tmp_path / "na" / "results.json") == data["verdict"]
     assert main(["gate", str(tmp_path / "na" / "results.json")]) == 1
 
@@ -90,8 +92,8 @@ def test_gate_with_another_policy_json_and_out(audited, tmp_path, capsys):
         ("{not json", "is not valid JSON"),
         ('{"a": 1}', "is not a privaudit results.json"),
         ("schema", "does not match the results schema at checks/copies/n_flagged"),
-        ("future", "uses results schema 1.99.0; this privaudit"),
-        ("major", "uses results schema 2.0.0"),
+        ("future", "uses results schema 2.99.0; this privaudit"),
+        ("major", "uses results schema 3.0.0"),
     ],
     ids=["missing", "not-json", "foreign", "invalid", "newer-minor", "other-major"],
 )
@@ -102,7 +104,7 @@ def test_bad_results_files_get_one_line_errors(audited, tmp_path, content, messa
         if content == "schema":
             data["checks"]["copies"]["n_flagged"] = "many"
         else:
-            data["schema_version"] = "1.99.0" if content == "future" else "2.0.0"
+            data["schema_version"] = "2.99.0" if content == "future" else "3.0.0"
         path.write_text(json.dumps(data))
     elif content is not None:
         path.write_text(content)

@@ -103,10 +103,32 @@ def test_default_policy_is_commented_and_valid():
         ("metadata.identifying_field_rate", 0.0, None),
         ("quality.precision_ratio_score", 0.7, None),
         ("quality.coverage_ratio_score", 0.7, None),
+        ("membership.auc_risk", 0.6, 0.7),
+        ("reid.linkage_rate", 0.0, 0.02),
+        ("reid.probe_auc_score", 0.95, 0.9),
     ]
     # Array inputs have no headers: their metadata rules warn rather than fail when not assessed;
     # quality warns only.
-    assert [r.not_assessed for r in p.rules] == [Status.FAIL] * 3 + [Status.WARN] * 4
+    assert [r.not_assessed for r in p.rules] == [Status.FAIL] * 3 + [Status.WARN] * 4 + [Status.FAIL] * 3
+    # The opt-in checks' rules apply only when those checks were run.
+    assert [r.only_if_run for r in p.rules] == [False] * 7 + [True] * 3
+
+
+def test_only_if_run_rules_skip_checks_not_run_but_not_checks_not_assessed():
+    p = Policy.from_dict({"copies": {"copy_rate": {"fail": 0.05}}, "reid": {"linkage_rate": {"fail": 0.01, "only_if_run": True}}})
+    ok = Metric(0.0, 200, direction=Direction.HIGHER_IS_WORSE)
+    # reid not run: its rule is left out, the verdict rests on copies alone.
+    v = p.evaluate_metrics({RULE: ok})
+    assert v.status is Status.PASS and [r.metric for r in v.reasons] == [RULE]
+    # reid run but not assessed: the rule is there and fails.
+    v = p.evaluate_metrics({RULE: ok, "reid.linkage_rate": "check not assessed: weak probe", "reid.probe_auc_score": "check not assessed: weak probe"})
+    assert v.status is Status.FAIL and v.reasons[1].status is Status.NOT_ASSESSED and "weak probe" in v.reasons[1].message
+    # A policy whose every rule is skipped judged nothing: that never passes.
+    only = Policy.from_dict({"reid": {"linkage_rate": {"fail": 0.01, "only_if_run": True}}})
+    v = only.evaluate_metrics({RULE: ok})
+    assert v.status is Status.FAIL and v.n_not_assessed == 1 and "no rule of this policy applies" in v.reasons[0].message
+    with pytest.raises(ConfigError, match="only_if_run must be true or false"):
+        Policy.from_dict({"reid": {"linkage_rate": {"fail": 0.01, "only_if_run": "yes"}}})
 
 
 # --- interval bounds, min_n, and every rule of the catalog at its boundary --------------------

@@ -136,7 +136,7 @@ def test_new_fields_validate_and_are_present(validator, leaky_result, study, tmp
     from privaudit.waivers import Waivers, worksheet_text
 
     data = json.loads(leaky_result.to_json())
-    assert data["schema_version"] == "1.3.0" and data["pseudonymised"] is False and "run" in data
+    assert data["schema_version"] == "2.0.0" and data["pseudonymised"] is False and "run" in data
     hist = data["checks"]["copies"]["histogram"]
     assert len(hist["edges"]) == len(hist["synthetic"]) + 1 == len(hist["null"]) + 1
     assert sum(hist["synthetic"]) == data["checks"]["copies"]["n_synthetic"]
@@ -160,12 +160,12 @@ def test_new_fields_validate_and_are_present(validator, leaky_result, study, tmp
     assert html.count('class="waived"') == 2 and "R, 2025-01-02" in html
 
 
-def test_a_1_0_results_file_still_loads(leaky_result, tmp_path):
+def test_a_results_file_without_the_optional_fields_still_loads(leaky_result, tmp_path):
     """Minor versions only add optional fields: a file without them validates and re-gates."""
     from privaudit.results import load_results
 
     data = json.loads(leaky_result.to_json())
-    data["schema_version"] = "1.0.0"
+    data["schema_version"] = "2.0.0"
     for key in ("pseudonymised",):
         data.pop(key)
     data["checks"]["copies"].pop("histogram")

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from privaudit._util import replace_all, stage_bytes
+from privaudit._util import replace_all, stage_bytes, to_jsonable
 from privaudit._version import __version__
 from privaudit.checks.base import CHECKS, AuditContext, CheckResult, CheckStatus, EmbeddedSets, Metric
 from privaudit.config import AuditConfig
@@ -22,6 +22,7 @@ from privaudit.data.loaders import load_imageset
 from privaudit.embed.base import get_embedder, parse_spec
 from privaudit.embed.cache import EmbeddingCache
 from privaudit.errors import InputError, OutputError
+from privaudit.patients import patient_view
 from privaudit.policy import Policy
 from privaudit.results import SCHEMA_VERSION, AuditResult, EmbeddingCount, RunInfo, environment, utc_now
 from privaudit.waivers import Waivers
@@ -133,6 +134,7 @@ def audit(
         checks=checks,
         verdict=policy.evaluate(checks, waivers=waivers, inputs=inputs),
         warnings=tuple(warnings),
+        patients=patient_view({name: to_jsonable(c) for name, c in checks.items()}),
         run=RunInfo(
             cache_dir=None if store is None else str(store.root),
             embedded={name: EmbeddingCount(s.from_cache, s.embedded) for name, s in (store.stats.items() if store else ())},

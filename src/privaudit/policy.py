@@ -24,6 +24,10 @@ Two more keys per rule:
   interval). A metric without an interval is then not assessed. The optimistic end is refused:
   it would pass sets whose interval reaches past the level.
 * ``min_n = 100``: a metric resting on fewer than ``min_n`` samples is not assessed.
+* ``only_if_run = true``: the rule applies only when its check was run. The default policy sets
+  it on the opt-in checks (``membership``, ``reid``) so that an audit that did not select them
+  is judged on what it ran; a check that *was* run but could not assess still counts as not
+  assessed. Without the key (the default), a rule whose check was not run is not assessed.
 
 Waivers (:mod:`privaudit.waivers`) change what a rule judges for the checks they apply to; the
 rule's message says how many it relied on and the value before review.
@@ -49,7 +53,7 @@ if TYPE_CHECKING:
     from privaudit.waivers import Review, Waivers
 
 POLICY_VERSION = 1
-_RULE_KEYS = ("warn", "fail", "not_assessed", "use", "min_n")
+_RULE_KEYS = ("warn", "fail", "not_assessed", "use", "min_n", "only_if_run")
 #: What a rule can compare: the estimate, or the pessimistic end of its 95 % interval.
 _USE = {Direction.HIGHER_IS_WORSE: ("value", "ci_high"), Direction.HIGHER_IS_BETTER: ("value", "ci_low")}
 
@@ -77,6 +81,7 @@ class Rule:
     not_assessed: Status
     use: str = "value"
     min_n: int = 0
+    only_if_run: bool = False
 
     def trips(self, value: float, level: float | None) -> bool:
         """Whether ``value`` is strictly beyond ``level`` in the bad direction."""
@@ -136,7 +141,7 @@ class Policy:
     Example:
         >>> policy = Policy.default()
         >>> [r.metric for r in policy.rules]
-        ['copies.copy_rate', 'copies.flagged_rate', 'copies.control_sensitivity_score', 'metadata.identifier_match_rate', 'metadata.identifying_field_rate']
+        ['copies.copy_rate', 'copies.flagged_rate', 'copies.control_sensitivity_score', 'metadata.identifier_match_rate', 'metadata.identifying_field_rate', 'membership.auc_risk', 'reid.linkage_rate', 'reid.probe_auc_score']
     """
 
     rules: tuple[Rule, ...]
@@ -228,11 +233,19 @@ class Policy:
         waived = waived or {}
         n_waivers = n_waivers or {}
         outcomes = []
+        ran = {name.split(".")[0] for name in metrics}
         for rule in self.rules:
+            if rule.only_if_run and rule.metric.split(".")[0] not in ran:
+                continue
             raw = metrics.get(rule.metric, f"check '{rule.metric.split('.')[0]}' was not run")
             after = waived.get(rule.metric)
             n = n_waivers.get(rule.metric.split(".")[0], 0) if after is not None else 0
             outcomes.append(self._judge(rule, raw if after is None else after, n_waivers=n, before=raw))
+        if not outcomes:  # every rule was only_if_run and none of their checks ran: nothing was judged
+            outcomes.append(RuleOutcome(
+                "policy", Status.NOT_ASSESSED, self.not_assessed, None, None, None, None, None, None,
+                message=f"no rule of this policy applies to the checks that were run; counts as {self.not_assessed.value}",
+            ))
         worst = max((o.counts_as for o in outcomes), key=_SEVERITY.__getitem__)
         return Verdict(
             status=worst,
@@ -399,7 +412,10 @@ def _rule(name: str, direction: Direction, levels: Any, default_na: Status, wher
     min_n = levels.get("min_n", 0)
     if isinstance(min_n, bool) or not isinstance(min_n, int) or min_n < 0:
         raise ConfigError(f"{where}: min_n must be a non-negative integer; got {min_n!r}")
-    return Rule(name, direction, warn, fail, na, use=use, min_n=min_n)
+    only_if_run = levels.get("only_if_run", False)
+    if not isinstance(only_if_run, bool):
+        raise ConfigError(f"{where}: only_if_run must be true or false; got {only_if_run!r}")
+    return Rule(name, direction, warn, fail, na, use=use, min_n=min_n, only_if_run=only_if_run)
 
 
 def _not_assessed(value: Any, where: str) -> Status:

@@ -23,9 +23,10 @@ from privaudit.checks.base import CheckResult
 from privaudit.data.imageset import InputSummary
 from privaudit.embed.base import EmbedderInfo
 from privaudit.errors import InputError
+from privaudit.patients import PatientRow
 from privaudit.policy import Verdict
 
-SCHEMA_VERSION = "1.3.0"  # 1.3: copies rewrite, metadata and quality checks, run info
+SCHEMA_VERSION = "2.0.0"  # 2.0: the copies rewrite removed copies.excess_flag_rate and copies.embedder; adds metadata, quality, membership, reid, patients, run
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class AuditResult:
         run: facts about this run that change no figure (cache use).
         pseudonymised: whether identifiers were replaced (``--no-images``; see
             :mod:`privaudit.redact`). Always ``False`` on the object an audit returns.
+        patients: the per-patient view (:func:`privaudit.patients.patient_view`): copies,
+            membership and re-identification joined per training patient.
     """
 
     schema_version: str
@@ -80,6 +83,7 @@ class AuditResult:
     warnings: tuple[str, ...] = ()
     run: RunInfo | None = None
     pseudonymised: bool = False
+    patients: tuple[PatientRow, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (NaN becomes ``null``)."""
