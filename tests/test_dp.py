@@ -309,3 +309,33 @@ def test_cli_help_mentions_unit_and_exit_codes(capsys):
     assert main(["dp-sweep", "--help"]) == 0
     text = capsys.readouterr().out
     assert "per training image" in text and "130" in text and "--one-scan-per-patient" in text
+
+
+@pytest.mark.slow
+def test_copies_check_recall_on_real_generator_copies(mem_sweep, dp_study, capsys):
+    """The memorising generator's samples are a real-generator test case for the copies check.
+
+    Ground truth, independent of the check: a sample is a copy of training scan t when it is
+    closer to t (pixel L2 at 32 px) than any other scan of t's patient is: closer than a re-scan
+    of the same person can be.
+    """
+    result, cfg = mem_sweep
+    data = prepare(dp_study.train, dp_study.holdout, cfg)
+    p = _point(result, "eps_inf")
+    with np.load(result.out / p["files"]["synthetic"]) as z:
+        syn = z["images"].reshape(len(z["images"]), -1).astype(np.float64)
+    train = np.stack(data.train_used.images).reshape(len(data.train_used), -1).astype(np.float64)
+    pids = np.array(data.train_used.patient_ids)
+    d_st = np.sqrt(((syn[:, None, :] - train[None, :, :]) ** 2).sum(-1))
+    d_tt = np.sqrt(((train[:, None, :] - train[None, :, :]) ** 2).sum(-1))
+    same = (pids[:, None] == pids[None, :]) & ~np.eye(len(train), dtype=bool)
+    rescan = np.where(same, d_tt, np.inf).min(1)  # nearest other scan of the same patient
+    nearest = d_st.argmin(1)
+    truth = d_st[np.arange(len(syn)), nearest] < rescan[nearest]
+    flagged = {int(f["synthetic_id"].rsplit("-", 1)[1]) for f in json.loads((result.out / p["files"]["results"]).read_text())["checks"]["copies"]["flagged"]}
+    hits = sum(1 for i in flagged if truth[i])
+    recall = hits / max(1, truth.sum())
+    with capsys.disabled():
+        print(f"\ncopies check on the memorising VAE: {truth.sum()} true copies of {len(syn)}, {len(flagged)} flagged, {hits} of them true: recall {recall:.2f}")
+    assert truth.sum() > 0
+    assert hits >= 1 and hits >= 0.5 * len(flagged)  # it finds some, and what it flags is mostly real copies

@@ -13,7 +13,7 @@ Outputs in ``out`` (see the README, "DP sweep"):
   rewritten atomically after every point, so it always describes the finished points;
 * ``dp_report.html``: the trade-off curves and the ε table;
 * ``points/<name>/``: per point, the audit's ``results.json`` and ``report.html``, the
-  generator's weights (``generator.pt``) and ``point.json``, written last, which marks the
+  generator's weights (``generator.pt``), its synthetic set (``synthetic.npz``) and ``point.json``, written last, which marks the
   point as done. A re-run with the same settings into the same folder skips done points.
 """
 
@@ -345,6 +345,11 @@ def run_point(
         source=f"dp-sweep:{config.generator}:{name}",
         kind="memory",
     )
+    arrays = io.BytesIO()
+    # The format load_imageset reads (keys images and label; image i is "<name>-<i:05d>").
+    extra = {} if syn_labels is None else {"label": np.array(syn_labels, dtype=str)}
+    np.savez_compressed(arrays, images=pixels, **extra)
+    atomic_write_bytes(point_dir / "synthetic.npz", arrays.getvalue())
     audit_config = config.audit.replace(seed=config.seed, device=config.device)
     result = audit(data.train_used, synthetic, data.holdout, config=audit_config, cache=cache)
     write_outputs(result, point_dir, images={k: v for k, v in (("train", data.train_used), ("synthetic", synthetic), ("holdout", data.holdout)) if v is not None})
@@ -386,7 +391,12 @@ def run_point(
         "checks": checks,
         "metrics": metrics,
         "seconds": {"train": t_train, "sample_and_audit": t_audit, "empirical": t_emp, "total": time.perf_counter() - t0},
-        "files": {"results": f"points/{name}/results.json", "report": f"points/{name}/report.html", "generator": f"points/{name}/generator.pt"},
+        "files": {
+            "results": f"points/{name}/results.json",
+            "report": f"points/{name}/report.html",
+            "generator": f"points/{name}/generator.pt",
+            "synthetic": f"points/{name}/synthetic.npz",
+        },
     }
     atomic_write_text(point_dir / "point.json", dumps_json(record))
     return record
