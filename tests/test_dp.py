@@ -339,3 +339,21 @@ def test_copies_check_recall_on_real_generator_copies(mem_sweep, dp_study, capsy
         print(f"\ncopies check on the memorising VAE: {truth.sum()} true copies of {len(syn)}, {len(flagged)} flagged, {hits} of them true: recall {recall:.2f}")
     assert truth.sum() > 0
     assert hits >= 1 and hits >= 0.5 * len(flagged)  # it finds some, and what it flags is mostly real copies
+
+
+@pytest.mark.parametrize("epsilon", [5.0, math.inf])
+def test_empty_poisson_batches_are_steps(epsilon):
+    """With 12 images and an expected batch of 1, about a third of Poisson batches are empty;
+    each is still a step (DP: noise added and counted), never a crash or a skipped step."""
+    import torch
+
+    from privaudit.dp.generators import GENERATORS, VAEOptions
+    from privaudit.dp.train import train_generator
+
+    torch.set_num_threads(1)
+    x = torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    _, stats = train_generator(GENERATORS.get("vae"), x, None, n_classes=0, epsilon=epsilon, delta=1e-3,
+                               options=TrainOptions(epochs=3, batch_size=1), generator_options=VAEOptions(width=8), seed=0)
+    assert stats.steps == 36
+    if math.isfinite(epsilon):
+        assert 0.99 * epsilon <= stats.epsilon <= epsilon

@@ -205,14 +205,17 @@ def train_generator(
             xb = xb.to(device)
             yb = yb.to(device) if labels is not None else None
             optimizer.zero_grad(set_to_none=True)
+            losses = generator_cls.per_sample_loss(model, xb, yb, reparam)
             if xb.shape[0] == 0:
-                if private:
-                    # An empty Poisson batch is still a step: the noise is added and the
-                    # accountant counts it (skipping it would reveal the empty batch).
-                    optimizer.step()
+                # An empty Poisson batch is still a step: with DP the noise is added and the
+                # accountant counts it (skipping it would reveal the empty batch). The backward
+                # pass on the empty batch gives Opacus its (empty) per-sample gradients.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    losses.sum().backward()
+                optimizer.step()
                 steps += 1
                 continue
-            losses = generator_cls.per_sample_loss(model, xb, yb, reparam)
             # Sum over the batch divided by the *expected* batch size: what Opacus does with
             # loss_reduction="mean", so the baseline's steps are scaled the same way.
             with warnings.catch_warnings():
