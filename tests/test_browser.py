@@ -165,3 +165,30 @@ def test_report_prints_to_pdf(demo, tmp_path, capsys):
     assert pages >= 2, pages
     assert f"pdf:     {pdf}" in capsys.readouterr().out
     _keep(pdf)
+
+
+def test_dp_sweep_report_loads_cleanly_in_chromium(browser, tmp_path):
+    """The DP sweep's report: same rules as the audit report (offline, no scripts, every chart
+    with alt text), and it shows the ε table and the trade-off charts."""
+    pytest.importorskip("opacus")
+    import math
+
+    from privaudit.config import AuditConfig
+    from privaudit.dp import SweepConfig, TrainOptions, dp_sweep
+    from privaudit.phantoms import make_study
+
+    study = make_study(seed=0, n_train_patients=10, n_holdout_patients=20, n_synthetic=10, size=32)
+    cfg = SweepConfig(epsilons=(3.0, math.inf), train=TrainOptions(epochs=2, batch_size=16), canaries=8, n_synthetic=40,
+                      audit=AuditConfig(embedders=("pixels",), checks=("copies", "quality")))
+    result = dp_sweep(study.train, study.holdout, config=cfg, out=tmp_path / "sweep")
+    page, context, seen = _visit(browser, (result.out / "dp_report.html").resolve().as_uri())
+    assert seen["external"] == [] and seen["failed"] == [] and seen["errors"] == [], seen
+    assert seen["bad_console"] == [] and seen["broken_images"] == [] and seen["images_without_alt"] == 0 and seen["scripts"] == 0
+    n_charts = page.evaluate("Array.from(document.images).filter(i => i.src.startsWith('data:image/svg+xml')).length")
+    assert n_charts >= 3  # accountant vs empirical ε, and one per assessed metric
+    text = page.inner_text("#points + table")
+    assert "inf (no DP)" in text and "3" in text
+    shot = tmp_path / "dp-report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    context.close()
+    _keep(shot)

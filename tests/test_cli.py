@@ -126,8 +126,8 @@ def test_every_command_and_option_has_help():
         return n
 
     # audit, demo, report, gate, policy (init, check), waivers (init, check), embed, embedders,
-    # cache (purge, path)
-    assert check(build_parser(), "privaudit") == 15
+    # cache (purge, path), dp-sweep
+    assert check(build_parser(), "privaudit") == 16
 
 
 def test_python_dash_m_works_like_the_script():

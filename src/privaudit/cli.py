@@ -136,6 +136,41 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_options(e)
     _common(e)
 
+    dp = sub.add_parser(
+        "dp-sweep",
+        help="retrain a reference generator with DP-SGD at several ε and audit each (the trade-off curve)",
+        description="Train a reference generator on --train with DP-SGD (Opacus) at each ε of --epsilons "
+        "(inf: the same training without DP), sample a synthetic set from each, audit each set like "
+        "'privaudit audit' (same holdout, embedders and checks), bound each generator's ε empirically "
+        "with a one-run canary audit, and write the quality/privacy trade-off curve into --out "
+        "(dp_results.json, dp_report.html, points/<eps>/). Re-running into the same --out resumes: "
+        "finished points are kept. ε is per training image: a patient with k scans is protected at about kε.",
+        epilog="exit codes:\n  0  the sweep finished\n  2  usage, configuration, input or output error\n"
+        "  3  opacus is missing (pip install 'privaudit[dp]')\n  4  internal error\n  130 interrupted (finished points are kept)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dp.add_argument("--train", required=True, metavar="PATH", help="the training images (folder, .npy/.npz, or .csv manifest)")
+    dp.add_argument("--holdout", metavar="PATH", help="real images of other patients; calibrate every audit (strongly recommended)")
+    dp.add_argument("--epsilons", default="1,3,10,inf", metavar="LIST", help="target ε values, comma-separated; inf = no DP (default: 1,3,10,inf)")
+    dp.add_argument("--delta", type=float, metavar="D", help="δ of every guarantee (default: 1/(10 N), N = training images)")
+    dp.add_argument("--generator", default="vae", metavar="NAME", help="reference generator (default: vae)")
+    dp.add_argument("--epochs", type=_pos_int, metavar="N", help="training epochs per point (default: 30)")
+    dp.add_argument("--batch-size", type=_pos_int, metavar="N", help="expected images per step (default: 64)")
+    dp.add_argument("--max-grad-norm", type=float, metavar="C", help="per-image clipping norm (default: 1.0)")
+    dp.add_argument("--accountant", choices=("prv", "rdp"), help="Opacus privacy accountant (default: prv)")
+    dp.add_argument("--canaries", type=_nonneg_int, metavar="N", help="canaries of the empirical audit (default: a quarter of the training images, at most 500; 0: none)")
+    dp.add_argument("--n-synthetic", type=_pos_int, metavar="N", help="images each generator samples (default: as many as it trained on, at most 2000)")
+    dp.add_argument("--size", type=_pos_int, metavar="PX", help="image side the generators work at (default: 32)")
+    dp.add_argument("--one-scan-per-patient", action="store_true", help="train on one scan per patient, so that ε holds per patient (needs patient ids)")
+    dp.add_argument("--config", metavar="FILE", help="audit configuration TOML for every point's audit; options below override it")
+    dp.add_argument("--checks", metavar="LIST", help="checks of every point's audit (default: the audit's defaults without metadata)")
+    dp.add_argument("--embedder", metavar="NAME[,NAME]", help="embedding space(s) of the audits (default: pixels,copydetect)")
+    dp.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help="random seed (default: 0)")
+    dp.add_argument("--out", default="dp-sweep-out", metavar="DIR", help="output folder (default: dp-sweep-out); a folder holding the same sweep is resumed")
+    dp.add_argument("--force", action="store_true", help="write into a non-empty folder that holds no sweep (nothing in it is removed)")
+    _cache_options(dp)
+    _common(dp)
+
     ls = sub.add_parser(
         "embedders",
         help="list the available embedders",
@@ -269,6 +304,16 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _pos_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -301,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "policy": _cmd_policy,
             "waivers": _cmd_waivers,
             "embed": _cmd_embed,
+            "dp-sweep": _cmd_dp_sweep,
             "embedders": _cmd_embedders,
             "cache": _cmd_cache,
         }
@@ -643,3 +689,73 @@ def _cmd_waivers(args: argparse.Namespace) -> int:
     decided = [w for w in waivers.waivers if w.decision != PENDING]
     print(f"{args.file}: valid waivers file, {len(decided)} decided, {len(waivers.waivers) - len(decided)} pending")
     return EXIT_OK
+
+
+def _cmd_dp_sweep(args: argparse.Namespace) -> int:
+    import dataclasses
+    import math
+
+    from privaudit.config import AuditConfig
+    from privaudit.dp.generators import GENERATORS
+    from privaudit.dp.sweep import SweepConfig, _default_checks, dp_sweep, parse_epsilons
+    from privaudit.dp.train import TrainOptions
+
+    audit_config = AuditConfig.from_toml(args.config) if args.config else AuditConfig(checks=_default_checks())
+    overrides: dict[str, Any] = {}
+    if args.embedder is not None:
+        overrides["embedders"] = tuple(e.strip() for e in args.embedder.split(",") if e.strip())
+    if args.checks is not None:
+        overrides["checks"] = tuple(c.strip() for c in args.checks.split(",") if c.strip())
+    if overrides:
+        audit_config = audit_config.replace(**overrides)
+    train_changes: dict[str, Any] = {}
+    for key in ("epochs", "batch_size", "max_grad_norm", "accountant"):
+        value = getattr(args, key)
+        if value is not None:
+            train_changes[key] = value
+    if args.delta is not None and not math.isfinite(args.delta):
+        raise ConfigError(f"--delta must be a number in (0, 1); got {args.delta}")
+    generator_cls = GENERATORS.get(args.generator)
+    config = SweepConfig(
+        epsilons=parse_epsilons(args.epsilons),
+        delta=args.delta,
+        generator=args.generator,
+        generator_options=generator_cls.Options(),
+        train=dataclasses.replace(TrainOptions(), **train_changes),
+        size=args.size or 32,
+        n_synthetic=args.n_synthetic,
+        canaries=args.canaries,
+        one_scan_per_patient=args.one_scan_per_patient,
+        audit=audit_config,
+        seed=args.seed,
+        device=args.device,
+    )
+    tty = sys.stderr.isatty()
+
+    def progress(message: str) -> None:
+        if tty:  # one self-overwriting line on a terminal; nothing in CI logs
+            print("\r\033[K" + message, end="", file=sys.stderr, flush=True)
+
+    result = dp_sweep(args.train, args.holdout, config=config, out=args.out, force=args.force, cache=_cache_arg(args), progress=progress)
+    if tty:
+        print(file=sys.stderr)
+    print(summarize_sweep(result.data, out=args.out))
+    return EXIT_OK
+
+
+def summarize_sweep(data: Any, *, out: str | None = None) -> str:
+    """A few lines for the terminal: one per point, the control, the files."""
+    lines = [f"DP sweep ({data['privacy']['accountant']} accountant, δ = {data['privacy']['delta']:.3g}, per image): {len(data['points'])} point(s)"]
+    for p in data["points"]:
+        target = "inf (no DP)" if p["epsilon"] is None else f"{p['epsilon']:g}"
+        achieved = "-" if p["training"]["epsilon"] is None else f"{p['training']['epsilon']:.3f}"
+        emp = p.get("empirical")
+        lb = "n/a" if not emp else f"{emp['epsilon_lb']:.3f}"
+        lines.append(f"  ε {target}: accountant {achieved}, empirical lower bound {lb}, audit {p['verdict']}, {p['seconds']['total']:.0f} s")
+    for w in data["warnings"]:
+        lines.append(f"note: {w}")
+    lines.append(data["privacy"]["statement"])
+    if out is not None:
+        lines.append(f"results: {out}/dp_results.json")
+        lines.append(f"report:  {out}/dp_report.html")
+    return "\n".join(lines)
