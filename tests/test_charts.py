@@ -35,6 +35,12 @@ def test_histogram_without_threshold_and_validation():
     assert "threshold" not in c.alt
     with pytest.raises(ValueError, match="len\\(edges\\) == len\\(counts\\) \\+ 1"):
         charts.similarity_histogram([0, 1, 2], [1], [1], threshold=None)
+    with pytest.raises(ValueError, match="unknown score"):
+        charts.similarity_histogram([0, 1], [1], [0], threshold=None, score="cosine")
+    # The axis and caption name the score: raw similarity, or the scores against non-members.
+    assert "Histogram of similarity to the most similar training image" in c.alt and "near 1" in c.caption
+    r = charts.similarity_histogram([0, 1], [1], [0], threshold=None, score="ratio")
+    assert r.alt.startswith("Histogram of ratio score") and "far to the right" in r.caption
 
 
 def test_roc_loglog_marks_the_resolvable_floor():

@@ -17,7 +17,9 @@ from privaudit.cli import build_parser, main
 CASES = [
     # id, argv, exit code, text expected on stderr (or stdout for exit 0/1)
     ("leaky-fails", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--holdout", "{holdout}", "--out", "{tmp}/o"], 1, "verdict: FAIL"),
-    ("clean-passes", ["audit", "--train", "{train}", "--synthetic", "{clean}", "--holdout", "{holdout}", "--out", "{tmp}/o"], 0, "verdict: PASS"),
+    # Not failed (exit 0); it warns: on this tiny study the positive control misses flipped,
+    # shifted and cropped copies at 5 % prevalence, and says so.
+    ("clean-not-failed", ["audit", "--train", "{train}", "--synthetic", "{clean}", "--holdout", "{holdout}", "--out", "{tmp}/o"], 0, "copies.flagged_rate = 0 "),
     ("no-holdout", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--out", "{tmp}/o"], 1, "a weaker within-training estimate (no holdout)"),
     ("missing-train", ["audit", "--synthetic", "{leaky}"], 2, "the following arguments are required: --train"),
     ("bad-seed", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--seed", "-3"], 2, "expected a non-negative integer"),
@@ -143,7 +145,11 @@ def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "LEAKY synthetic set" in out and "CLEAN synthetic set" in out and "NOTE" not in out
-    assert "verdict: FAIL" in out.split("CLEAN")[0] and "verdict: PASS" in out.split("CLEAN")[1]
+    # The clean set is not failed; it may warn when the positive control shows kinds of copies
+    # (crops, combinations) this audit would miss at 5 % prevalence, and the demo says why.
+    clean = out.split("CLEAN")[1]
+    assert "verdict: FAIL" in out.split("CLEAN")[0] and "verdict: FAIL" not in clean
+    assert "verdict: PASS" in clean or "The clean set is not failed, but warns on" in clean
     found = out.split("planted copies found: ")[1].split(" ")[0]
     assert int(found) >= 32  # of 40: every family but the pixel-shifted ones, at least
     for name in ("leaky", "clean"):

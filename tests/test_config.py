@@ -22,7 +22,7 @@ def test_defaults_and_round_trip(tmp_path):
         "check_options": {
             "copies": {
                 "fdr": 0.05, "method": "fdr", "alpha": 0.01, "score": "ratio", "near_duplicate_similarity": None,
-                "embedders": None, "positive_control": 48, "bootstrap": 200, "explain": 200,
+                "embedders": None, "positive_control": 48, "control_prevalence": 0.05, "bootstrap": 200, "explain": 200,
             },
             "metadata": {"placeholders": list(DEFAULT_PLACEHOLDERS)},
             "quality": {

@@ -406,7 +406,7 @@ CASES = [
         "holdout-of-three",
         lambda t, f: study_argv(f, synthetic="clean", holdout=three_holdout(t, f), tmp=t),
         1,
-        stdout="  - copies.copy_rate: not assessed (check not assessed: the null holds 3 score(s), so the smallest possible p-value is 1/4, above alpha = 0.01: no image could be flagged. At least 99 non-member images are needed); counts as fail",
+        stdout="  - copies.copy_rate: not assessed (check not assessed: the null holds 3 score(s), so the smallest possible p-value is 1/4, above alpha = 0.01 (the per-image level and the threshold of the copied-share estimate): neither flags nor the copied share can be computed. At least 99 non-member images are needed); counts as fail",
         n_synthetic=100,
     ),
     # --- options and outputs

@@ -234,11 +234,15 @@ def test_waivers_change_the_verdict_and_say_so(audited, tmp_path, capsys):
 
 def test_false_alarm_waivers_use_up_the_chance_allowance(audited):
     """not_a_copy waivers up to lambda*m leave the copy-rate estimate unchanged; beyond, they
-    lower it; accepted pairs always leave it."""
+    lower it; accepted pairs always leave it. Only pairs with p <= lambda were in its count."""
+    import copy
+
     from privaudit.checks.copies import CopiesCheck
 
     c = load_results(audited["leaky"])["checks"]["copies"]
     m, k, lam = c["n_synthetic"], c["n_flagged"], c["alpha_attainable"]
+    pairs = c["flagged"]
+    assert k >= 7 and all(f["p_value"] <= lam for f in pairs[:7])
     raw = CopiesCheck.metrics_after_review(c, [])
     assert raw["copy_rate"].value == c["metrics"]["copy_rate"]["value"]  # exact
     assert raw["flagged_rate"].ci_high == c["metrics"]["flagged_rate"]["ci_high"]
@@ -246,16 +250,27 @@ def test_false_alarm_waivers_use_up_the_chance_allowance(audited):
     # copy_rate = max(0, below - accepted - max(not_a_copy, lambda * m)) / ((1 - lambda) m)
     for f in range(4):
         for acc in range(3):
-            got = CopiesCheck.metrics_after_review(c, ["not_a_copy"] * f + ["accepted"] * acc)
+            reviewed = [("not_a_copy", x) for x in pairs[:f]] + [("accepted", x) for x in pairs[f : f + acc]]
+            got = CopiesCheck.metrics_after_review(c, reviewed)
             expected = max(0.0, below - acc - max(f, lam * m)) / ((1 - lam) * m)
             assert got["copy_rate"].value == pytest.approx(expected), (f, acc)
             assert got["flagged_rate"].value == pytest.approx((k - acc - f) / m)
     # False alarms within the chance allowance change nothing.
     within = int(lam * m)
     if within:
-        assert CopiesCheck.metrics_after_review(c, ["not_a_copy"] * within)["copy_rate"].value == pytest.approx(raw["copy_rate"].value)
+        got = CopiesCheck.metrics_after_review(c, [("not_a_copy", x) for x in pairs[:within]])
+        assert got["copy_rate"].value == pytest.approx(raw["copy_rate"].value)
+    # A flagged pair with p > lambda (BH can flag such pairs when it flags many) was never in the
+    # copy-rate count: accepting it lowers the flagged rate only.
+    high = copy.deepcopy(c)
+    high["flagged"][0]["p_value"] = min(1.0, 2 * lam + 0.01)
+    got = CopiesCheck.metrics_after_review(high, [("accepted", high["flagged"][0])])
+    assert got["copy_rate"].value == pytest.approx(raw["copy_rate"].value)
+    assert got["flagged_rate"].value == pytest.approx((k - 1) / m)
+    got = CopiesCheck.metrics_after_review(c, [("accepted", pairs[0])])
+    assert got["copy_rate"].value == pytest.approx(max(0.0, below - 1 - lam * m) / ((1 - lam) * m))
     with pytest.raises(ValueError):
-        CopiesCheck.metrics_after_review(c, ["accepted"] * (k + 1))
+        CopiesCheck.metrics_after_review(c, [("accepted", x) for x in pairs] + [("accepted", pairs[0])])
 
 
 def test_stale_waivers_are_listed_and_ignored(audited, tmp_path):

@@ -217,6 +217,33 @@ def test_planted_header_leaks_are_found_by_field_and_count(tmp_path):
     assert "2 of the 6 synthetic files repeat a header value of a training file: DICOM PatientID (2), DICOM PatientName (2), DICOM StudyInstanceUID (2)." in m.summary
 
 
+def test_unreadable_synthetic_headers_are_never_cleared(tmp_path):
+    """A synthetic file whose header cannot be read (it changed after decoding, or is malformed)
+    is counted in n but not cleared: a rate with no finding is not assessed; a rate with
+    findings keeps them, its interval widened by the unreadable files."""
+    paths = _study(tmp_path)
+    synthetic = load_imageset(paths["synthetic"])
+    next(Path(f) for f in synthetic.files if "fresh0" in f).unlink()  # gone after decoding
+    m = audit(paths["train"], synthetic, config=META_ONLY).checks["metadata"]
+    assert m.status is CheckStatus.ASSESSED and (m.n_read, m.n_unreadable) == (5, 1)
+    match = m.metrics["identifier_match_rate"]
+    assert match.n == 6 and match.value == pytest.approx(2 / 6)
+    from privaudit.stats import clopper_pearson
+    assert (match.ci_low, match.ci_high) == pytest.approx((clopper_pearson(2, 6)[0], clopper_pearson(3, 6)[1]))
+    # Only fresh files: nothing found in the 3 readable headers, 1 unreadable: not assessed.
+    clean = tmp_path / "clean"
+    for i in range(4):
+        write_dicom(clean / f"c{i}.dcm", pixels(), patient_name="", patient_id="")
+    clean_set = load_imageset(clean)
+    Path(clean_set.files[0]).unlink()
+    result = audit(paths["train"], clean_set, config=META_ONLY)
+    m = result.checks["metadata"]
+    assert m.metrics["identifier_match_rate"].value is None and m.metrics["identifying_field_rate"].value is None
+    assert any("unreadable one(s) could hold identifiers" in w for w in m.warnings)
+    reasons = {r.metric: r.status.value for r in result.verdict.reasons}
+    assert reasons["metadata.identifier_match_rate"] == "not_assessed"
+
+
 def test_patient_ids_from_a_manifest_decide_what_is_shared(tmp_path):
     """With manifest patient ids, a value held by one patient's two scans is not 'shared'."""
     paths = _study(tmp_path)

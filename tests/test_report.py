@@ -77,7 +77,9 @@ def test_a_check_without_its_own_partial_gets_the_generic_section(leaky_result):
 
 def test_report_has_a_chart_with_alt_text_and_accessible_tables(leaky_html):
     charts = re.findall(r'<img src="data:image/svg\+xml;base64,[^"]+" alt="([^"]+)"', leaky_html)
-    assert len(charts) == 1 and "Histogram of similarity" in charts[0] and "threshold" in charts[0]
+    # The axis names the score the check used (the ratio score by default), not "similarity".
+    assert len(charts) == 1 and "Histogram of ratio score" in charts[0] and "threshold" in charts[0]
+    assert "log of the ratio of the two distances" in leaky_html
     for table in re.findall(r"<table>.*?</table>", leaky_html, flags=re.S):
         assert "<th" in table  # every table has header cells
     # Status is never colour alone: a symbol and a word.

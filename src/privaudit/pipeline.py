@@ -24,6 +24,7 @@ from privaudit.embed.cache import EmbeddingCache
 from privaudit.errors import InputError, OutputError
 from privaudit.patients import patient_view
 from privaudit.policy import Policy
+from privaudit.stages import StageClock
 from privaudit.results import SCHEMA_VERSION, AuditResult, EmbeddingCount, RunInfo, environment, utc_now
 from privaudit.waivers import Waivers
 
@@ -87,20 +88,26 @@ def audit(
         waivers = Waivers.from_toml(waivers)
     out_dir = prepare_output_dir(out, force=force) if out is not None else None
 
+    clock = StageClock()
     log.info("loading images")
-    sets = {
-        "train": _as_imageset(train, "train", config.max_skipped),
-        "synthetic": _as_imageset(synthetic, "synthetic", config.max_skipped),
-        "holdout": None if holdout is None else _as_imageset(holdout, "holdout", config.max_skipped),
-    }
-    warnings = _validate_roles(sets["train"], sets["holdout"])
+    with clock.stage("load"):
+        sets = {
+            "train": _as_imageset(train, "train", config.max_skipped),
+            "synthetic": _as_imageset(synthetic, "synthetic", config.max_skipped),
+            "holdout": None if holdout is None else _as_imageset(holdout, "holdout", config.max_skipped),
+        }
+        warnings = _validate_roles(sets["train"], sets["holdout"])
 
     store = _as_cache(cache)
+    spaces = {}
+    for name in config.spaces_needed():
+        with clock.stage(f"embed {name}"):
+            spaces[name] = _embed(name, sets, config, store)
     ctx = AuditContext(
         train=sets["train"],
         synthetic=sets["synthetic"],
         holdout=sets["holdout"],
-        spaces={name: _embed(name, sets, config, store) for name in config.spaces_needed()},
+        spaces=spaces,
         seed=config.seed,
         configured=config.embedders,
     )
@@ -119,9 +126,13 @@ def audit(
             )
             continue
         log.info("running check %s", name)
-        checks[name] = check.run(ctx, config.options_for(name))
+        with clock.stage(f"check {name}"):
+            checks[name] = check.run(ctx, config.options_for(name))
 
-    inputs = {role: s.summary(role) for role, s in sets.items() if s is not None}
+    with clock.stage("verdict"):
+        inputs = {role: s.summary(role) for role, s in sets.items() if s is not None}
+        verdict = policy.evaluate(checks, waivers=waivers, inputs=inputs)
+        patients = patient_view({name: to_jsonable(c) for name, c in checks.items()})
     result = AuditResult(
         schema_version=SCHEMA_VERSION,
         privaudit_version=__version__,
@@ -132,12 +143,16 @@ def audit(
         inputs=inputs,
         embedders=tuple(space.info for space in ctx.spaces.values()),
         checks=checks,
-        verdict=policy.evaluate(checks, waivers=waivers, inputs=inputs),
+        verdict=verdict,
         warnings=tuple(warnings),
-        patients=patient_view({name: to_jsonable(c) for name, c in checks.items()}),
+        patients=patients,
         run=RunInfo(
             cache_dir=None if store is None else str(store.root),
             embedded={name: EmbeddingCount(s.from_cache, s.embedded) for name, s in (store.stats.items() if store else ())},
+            stages=tuple(clock.stages),
+            peak_scope=clock.peak_scope,
+            seconds=clock.total_seconds,
+            peak_rss_mb=clock.process_peak_mib(),
         ),
     )
     if out_dir is not None:

@@ -25,8 +25,9 @@ from privaudit.embed.base import EmbedderInfo
 from privaudit.errors import InputError
 from privaudit.patients import PatientRow
 from privaudit.policy import Verdict
+from privaudit.stages import StageTiming
 
-SCHEMA_VERSION = "2.0.0"  # 2.0: the copies rewrite removed copies.excess_flag_rate and copies.embedder; adds metadata, quality, membership, reid, patients, run
+SCHEMA_VERSION = "2.1.0"  # 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class RunInfo:
 
     cache_dir: str | None
     embedded: Mapping[str, EmbeddingCount]
+    stages: tuple[StageTiming, ...] = ()
+    peak_scope: str | None = None
+    seconds: float | None = None
+    peak_rss_mb: float | None = None
 
 
 @dataclass(frozen=True)

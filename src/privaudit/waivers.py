@@ -228,7 +228,7 @@ class Waivers:
 
         applied: list[AppliedWaiver] = []
         unmatched: list[UnmatchedWaiver] = []
-        decisions: dict[str, list[str]] = {}
+        decisions: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
         for w in self.waivers:
             if w.decision == PENDING:
                 continue
@@ -250,7 +250,7 @@ class Waivers:
                 ))
                 continue
             applied.append(AppliedWaiver(w.check, w.item, w.decision, w.reviewer, w.date, w.reason))
-            decisions.setdefault(w.check, []).append(w.decision)
+            decisions.setdefault(w.check, []).append((w.decision, found))
         metrics = {name: CHECKS.get(name).metrics_after_review(checks[name], ds) for name, ds in decisions.items()}
         review = Review(
             source=self.source,

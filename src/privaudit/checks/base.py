@@ -265,13 +265,14 @@ class Check(ABC):
     reviewable: ClassVar[Reviewable | None] = None
 
     @classmethod
-    def metrics_after_review(cls, result: Mapping[str, Any], decisions: list[str]) -> dict[str, Metric]:
+    def metrics_after_review(cls, result: Mapping[str, Any], decisions: list[tuple[str, Mapping[str, Any]]]) -> dict[str, Metric]:
         """The metrics the policy judges once reviewed items are taken into account.
 
         Args:
             result: the check's result in its ``results.json`` form (so ``privaudit gate`` can
                 call it without recomputing).
-            decisions: one reviewer decision per flagged item that a waiver matched.
+            decisions: per flagged item that a waiver matched, the reviewer's decision and the
+                item (its ``results.json`` form, e.g. a flagged pair with its p-value).
 
         Only checks with :attr:`reviewable` implement it; it must return every metric in
         :attr:`metrics`, equal to the unreviewed ones when ``decisions`` is empty.

@@ -107,6 +107,10 @@ class CopiesOptions:
             embedder's own level.
         embedders: the spaces to run in; ``None`` uses every embedder of the audit.
         positive_control: copies planted for the sensitivity control (0 turns it off).
+        control_prevalence: the share of the set the control imagines copies of each kind to
+            make up (or the detection floor, if larger): each planted copy is judged as one of
+            that many copies like it. 5 % is the default policy's fail level for the copied
+            share: "a set with that many copies of this kind would be flagged".
         bootstrap: replicates for the interval of the copied-share estimate.
         explain: flagged pairs explained with SSIM and a likely transform (the most
             significant first).
@@ -119,11 +123,12 @@ class CopiesOptions:
     near_duplicate_similarity: float | None = None
     embedders: tuple[str, ...] | None = None
     positive_control: int = 48
+    control_prevalence: float = 0.05
     bootstrap: int = 200
     explain: int = 200
 
     def __post_init__(self) -> None:
-        for name in ("fdr", "alpha"):
+        for name in ("fdr", "alpha", "control_prevalence"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"copies.{name} must lie in (0, 1); got {value}")
@@ -339,7 +344,7 @@ class CopiesCheck(Check):
         return options.embedders or configured
 
     @classmethod
-    def metrics_after_review(cls, result: Mapping[str, Any], decisions: list[str]) -> dict[str, Metric]:
+    def metrics_after_review(cls, result: Mapping[str, Any], decisions: list[tuple[str, Mapping[str, Any]]]) -> dict[str, Metric]:
         """Flagged rate and copy rate after waivers.
 
         ``accepted`` pairs are copies whose release was accepted: they leave both counts.
@@ -349,28 +354,34 @@ class CopiesCheck(Check):
         of them), so the estimate becomes ``(c - a - max(f, lambda m)) / ((1 - lambda) m)`` for
         ``c`` p-values at or below ``lambda``, ``a`` accepted and ``f`` not-a-copy pairs among
         ``m`` images, clipped at 0. Waiving false alarms up to the chance level therefore does
-        not lower the estimate: they were never counted against the set.
+        not lower the estimate: they were never counted against the set. Only pairs whose
+        p-value is at or below ``lambda`` were counted in ``c``, so only they count in ``a`` and
+        ``f`` (BH can flag pairs above ``lambda`` when many images are flagged).
         """
         metrics = {name: Metric(**{k: v for k, v in value.items() if k in Metric.__dataclass_fields__}) for name, value in result["metrics"].items()}
         m = int(result["n_synthetic"])
         k = int(result["n_flagged"])
-        not_copy = sum(d == "not_a_copy" for d in decisions)
-        accepted = sum(d == "accepted" for d in decisions)
         if result["status"] != CheckStatus.ASSESSED.value or m == 0:
             return metrics
+        lam = float(result["alpha_attainable"])
+
+        def count(decision: str, *, below_lambda: bool) -> int:
+            return sum(d == decision and (not below_lambda or float(item["p_value"]) <= lam + 1e-12) for d, item in decisions)
+
+        not_copy, accepted = count("not_a_copy", below_lambda=False), count("accepted", below_lambda=False)
         remaining = k - not_copy - accepted
         if remaining < 0:
             raise ValueError(f"{len(decisions)} waivers for {k} flagged pairs")
         if not_copy == 0 and accepted == 0:
             return metrics
-        lam = float(result["alpha_attainable"])
         fr = metrics["flagged_rate"]
         lo, hi = clopper_pearson(remaining, m)
         metrics["flagged_rate"] = Metric(remaining / m, m, lo, hi, floor=fr.floor)
         cr = metrics["copy_rate"]
         if cr.assessed:
+            f_lam, a_lam = count("not_a_copy", below_lambda=True), count("accepted", below_lambda=True)
             below = cr.value * (1 - lam) * m + lam * m  # p-values at or below lambda, back out
-            after = max(0.0, below - accepted - max(not_copy, lam * m)) / ((1 - lam) * m)
+            after = max(0.0, below - a_lam - max(f_lam, lam * m)) / ((1 - lam) * m)
             shift = after - float(cr.value)
             metrics["copy_rate"] = Metric(
                 after,
@@ -442,7 +453,8 @@ class CopiesCheck(Check):
             needed = math.ceil(1 / options.alpha) - 1
             reason = (
                 f"the null holds {n_min} score(s), so the smallest possible p-value is 1/{n_min + 1}, "
-                f"above alpha = {options.alpha:g}: no image could be flagged. At least {needed} "
+                f"above alpha = {options.alpha:g} (the per-image level and the threshold of the copied-share "
+                f"estimate): neither flags nor the copied share can be computed. At least {needed} "
                 "non-member images are needed"
             )
             metrics = {name: Metric(None, m, direction=spec.direction) for name, spec in self.metrics.items()}
@@ -474,7 +486,7 @@ class CopiesCheck(Check):
         qvalues = _bh_adjusted(pvalues)
         rng = ctx.rng("copies")
         copy_rate = storey_nonnull_share(pvalues, lam)
-        cr_lo, cr_hi = _bootstrap_storey(spaces, lam, options.bootstrap, rng)
+        cr_lo, cr_hi = _bootstrap_storey(spaces, options.alpha, options.bootstrap, rng)
         flagged_idx = np.flatnonzero(is_flagged)
         flagged_idx = flagged_idx[np.lexsort((-primary.syn_similarity[flagged_idx], pvalues[flagged_idx]))]
         flagged = _flagged_pairs(ctx, spaces, flagged_idx, pvalues, qvalues, options.explain)
@@ -633,25 +645,42 @@ def combined_pvalues(syn_scores: list[np.ndarray], null_scores: list[np.ndarray]
 
     With one space, the plain conformal p-value. With several, the statistic is the smallest
     per-space p-value (min-p, so an image that stands out in any one space stands out), and it
-    is calibrated against the same statistic of the null images, each computed leave-one-out
-    against the other null images of its space. The result has the resolution of one space,
+    is calibrated, exactly, against the same statistic of the null images in the null augmented
+    with the image under test (full conformal: a null image's per-space p-value counts the test
+    image when it scores at least as high). The result has the resolution of one space,
     ``1 / (n + 1)``; a Bonferroni combination would need ``S`` times more non-members for the
     same detection floor. The null images must be the same, in the same order, in every space.
+
+    The test image changes a null image's statistic by at most one rank, so only null images
+    whose statistic ties with the test image's need to be looked at one by one; the others are
+    counted from one sorted array. (Computing the null's statistics once without the test image
+    would be wrong in one direction or the other: ``/ n`` is anti-conservative for null-like
+    images, ``/ (n + 1)`` triples the p-value of a perfect copy in two spaces.)
     """
     if len(syn_scores) == 1:
         return conformal_pvalues(syn_scores[0], null_scores[0])
-    syn_stat = np.min([conformal_pvalues(sy, nu) for sy, nu in zip(syn_scores, null_scores)], axis=0)
-    null_stat = np.min([_leave_one_out_pvalues(nu) for nu in null_scores], axis=0)
-    # Smaller min-p is more extreme: negate to use "higher is more extreme".
-    return conformal_pvalues(-syn_stat, -null_stat)
-
-
-def _leave_one_out_pvalues(null: np.ndarray) -> np.ndarray:
-    """Each null score's conformal p-value against the other null scores: ``#{j: s_j >= s_i} / n``
-    (its own score counts as the "+1")."""
-    n = null.size
-    ranks = n - np.searchsorted(np.sort(null), null, side="left")
-    return ranks / n
+    syn = np.stack([np.asarray(x, dtype=np.float64) for x in syn_scores])  # (S, m)
+    null = np.stack([np.asarray(x, dtype=np.float64) for x in null_scores])  # (S, n)
+    n = null.shape[1]
+    # Ranks in grid units of 1 / (n + 1): r[s, i] = #{j: null_sj >= null_si} (itself included);
+    # a[s, t] = 1 + #{j: null_sj >= syn_st}.
+    ranks = np.stack([n - np.searchsorted(np.sort(v), v, side="left") for v in null])
+    a = np.min(np.stack([1 + n - np.searchsorted(np.sort(v), sy, side="left") for v, sy in zip(null, syn)]), axis=0)
+    b = ranks.min(axis=0)  # the null's statistics without the test image
+    b_sorted = np.sort(b)
+    # Null images with b < a have an exact statistic <= b + 1 <= a: counted. Those with b > a:
+    # not. Those with b == a: counted unless the test image raises them, i.e. counted when in
+    # some space where their rank is b the test image scores below them.
+    count = 1 + np.searchsorted(b_sorted, a, side="left")  # the test image itself, and b < a
+    for value in np.unique(a):
+        ties = np.flatnonzero(b == value)
+        if ties.size == 0:
+            continue
+        tests = np.flatnonzero(a == value)
+        at_min = ranks[:, ties] == value  # (S, T): spaces where the tie's rank is its minimum
+        below = syn[:, tests][:, :, None] < null[:, ties][:, None, :]  # (S, tests, T)
+        count[tests] += np.any(below & at_min[:, None, :], axis=0).sum(axis=1)
+    return count / (n + 1.0)
 
 
 def _combined(spaces: list[_Space], syn_scores: list[np.ndarray] | None = None) -> np.ndarray:
@@ -672,9 +701,16 @@ def _bh_adjusted(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bootstrap_storey(spaces: list[_Space], lam: float, replicates: int, rng: np.random.Generator) -> tuple[float | None, float | None]:
+def _bootstrap_storey(spaces: list[_Space], alpha: float, replicates: int, rng: np.random.Generator) -> tuple[float | None, float | None]:
     """Percentile interval of the copied-share estimate, resampling null patients (their images
-    together: scans of one patient are not independent) and synthetic images."""
+    together: scans of one patient are not independent) and synthetic images.
+
+    Resampling patients changes the null's size, and with it the attainable level: each
+    replicate uses its own ``lambda = attainable_level(alpha, n_b)``, as the estimate itself
+    does. Replicates whose null is too small for any level (possible only with a null near
+    ``1 / alpha`` scores) are left out; with fewer than half the replicates left the interval
+    is not computed.
+    """
     if replicates == 0:
         return (None, None)
     m = len(spaces[0].syn_score)
@@ -682,13 +718,18 @@ def _bootstrap_storey(spaces: list[_Space], lam: float, replicates: int, rng: np
     for i, g in enumerate(spaces[0].null_group.tolist()):
         by.setdefault(g, []).append(i)
     patients = list(by.values())
-    estimates = np.empty(replicates)
+    estimates = np.full(replicates, np.nan)
     for b in range(replicates):
         rows = np.concatenate([patients[i] for i in rng.integers(0, len(patients), len(patients))]).astype(np.int64)
         syn_idx = rng.integers(0, m, m)
+        lam_b = attainable_level(alpha, len(rows))
+        if lam_b == 0.0:
+            continue
         p = combined_pvalues([s.syn_score[syn_idx] for s in spaces], [s.null_score[rows] for s in spaces])
-        estimates[b] = storey_nonnull_share(p, lam)
-    lo, hi = np.quantile(estimates, [0.025, 0.975])
+        estimates[b] = storey_nonnull_share(p, lam_b)
+    if np.isfinite(estimates).sum() < replicates / 2:
+        return (None, None)
+    lo, hi = np.nanquantile(estimates, [0.025, 0.975])
     return (float(lo), float(hi))
 
 
@@ -761,9 +802,8 @@ def _positive_control(
     lead = np.argmin(np.stack(space_p), axis=0)
     nearest = np.stack(nearests)[lead, np.arange(len(images))]
     planted_p = _combined(spaces, scores)
-    every = np.concatenate([pvalues, planted_p])
     if options.method == "fdr":
-        found = benjamini_hochberg(every, options.fdr)[len(pvalues) :]
+        found = control_found_bh(pvalues, planted_p, len(spaces[0].null_score), options.fdr, prevalence=options.control_prevalence)
     else:
         found = planted_p <= attainable_level(options.alpha, len(spaces[0].null_score)) + 1e-12
     rows = []
@@ -779,6 +819,24 @@ def _positive_control(
                 )
             )
     return PositiveControl(n_planted=n, n_found=int(found.sum()), sensitivity=float(found.mean()) if n else math.nan, families=tuple(rows))
+
+
+def control_found_bh(pvalues: np.ndarray, planted_p: np.ndarray, n_null: int, fdr: float, *, prevalence: float = 0.05) -> np.ndarray:
+    """Whether BH would flag each planted copy, judged one at a time.
+
+    Each planted copy is judged on its own, as one of ``d`` copies like it that take the place
+    of the set's ``d`` least copy-like images: ``d = max(ceil(prevalence m), floor)``, the floor
+    being the fewest copies BH can flag at all. So "found" means: if copies of this kind made
+    up ``prevalence`` of the set, they would be flagged. Planting every control copy into one
+    BH run instead would add dozens of discoveries, relax BH's cut, and overstate what the audit
+    finds in a set that holds few copies.
+    """
+    m = len(pvalues)
+    if m == 0:
+        return np.zeros(len(planted_p), dtype=bool)
+    d = min(m, max(math.ceil(prevalence * m - 1e-9), bh_detection_floor(m, n_null, fdr)))
+    kept = np.sort(np.asarray(pvalues, dtype=np.float64))[: m - d]
+    return np.array([bool(benjamini_hochberg(np.concatenate([kept, np.full(d, p)]), fdr)[-1]) for p in planted_p], dtype=bool)
 
 
 def _control_metric(control: PositiveControl | None) -> Metric:

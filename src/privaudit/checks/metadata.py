@@ -221,13 +221,14 @@ class MetadataCheck(Check):
                 key=lambda f: (-f.n_matching_training, -f.n_files, f.field),
             )
         )
-        lo, hi = clopper_pearson(n_identifying, n_read)
-        ident = Metric(n_identifying / n_read, n_read, lo, hi)
-        if train.files is not None and train_headers:
-            lo, hi = clopper_pearson(n_matching, n_read)
-            match = Metric(n_matching / n_read, n_read, lo, hi)
-        else:
-            match = Metric(None, n_read)
+        ident = _rate(n_identifying, n_read, syn_bad)
+        match = _rate(n_matching, n_read, syn_bad) if train.files is not None and train_headers else Metric(None, n_read + syn_bad)
+        if syn_bad and (ident.value is None or (match.value is None and train.files is not None and train_headers)):
+            warnings.append(
+                f"nothing was found in the {n_read} readable headers, but {syn_bad} unreadable one(s) could hold "
+                "identifiers: the rates with no finding are not assessed (re-export or strip those files' headers "
+                "and audit again)"
+            )
         return MetadataResult(
             check=self.name,
             status=CheckStatus.ASSESSED,
@@ -256,6 +257,23 @@ def _read_all(files: tuple[str, ...], options: MetadataOptions) -> tuple[list[Fi
         except HeaderError:
             bad += 1
     return out, bad
+
+
+def _rate(found: int, n_read: int, n_unreadable: int) -> Metric:
+    """A share of synthetic files, over every file that will be released.
+
+    Files whose header could not be read are neither cleared nor counted as findings: the
+    estimate counts what was found over all files (a lower bound), and the interval runs from
+    the lower end for ``found`` to the upper end for ``found`` plus every unreadable file. With
+    nothing found and some headers unreadable the rate is not assessed: a pass would rest on
+    files that were never read.
+    """
+    n = n_read + n_unreadable
+    if n_unreadable and found == 0:
+        return Metric(None, n)
+    lo, _ = clopper_pearson(found, n)
+    _, hi = clopper_pearson(found + n_unreadable, n)
+    return Metric(found / n, n, lo, hi)
 
 
 def _kind(images: ImageSet) -> str:

@@ -159,6 +159,7 @@ class IdentityEmbedder(Embedder):
     requires_fit = True
     Options = IdentityOptions
     near_duplicate_similarity = 0.99
+    max_batch = 32  # bounds activation memory (see Embedder.max_batch)
 
     def __init__(self, *, device: str | torch.device = "cpu", options: IdentityOptions | None = None) -> None:
         super().__init__(device=device)

@@ -87,6 +87,7 @@ class ImageNetEmbedder(Embedder):
         size=(INPUT_SIZE, INPUT_SIZE), channels=3, mean=(LITE_MEAN,) * 3, std=(LITE_STD,) * 3
     )
     dim = 1280
+    max_batch = 32  # bounds activation memory (see Embedder.max_batch)
 
     def __init__(self, *, device: str | torch.device = "cpu") -> None:
         super().__init__(device=device)

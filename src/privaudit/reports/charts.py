@@ -111,7 +111,7 @@ def similarity_histogram(
     threshold: float | None,
     null_label: str = "real non-members (the null)",
     synthetic_label: str = "synthetic images",
-    xlabel: str = "similarity to the most similar training image",
+    score: str = "raw",
 ) -> Chart:
     """Two histograms on shared bins, each as a share of its own set, with the threshold.
 
@@ -120,12 +120,17 @@ def similarity_histogram(
         synthetic_counts: synthetic images per bin.
         null_counts: null scores per bin.
         threshold: the flagging threshold (drawn as a vertical line), or ``None``.
+        score: what the bins count: ``"raw"`` (similarity to the nearest training image),
+            ``"relative"`` or ``"ratio"`` (the copies check's scores against real non-members).
 
     Example:
         >>> c = similarity_histogram([0, .5, 1], [3, 1], [2, 2], threshold=0.9)
         >>> c.data_uri.startswith("data:image/svg+xml;base64,"), "threshold 0.9" in c.alt
         (True, True)
     """
+    if score not in _SCORE_WORDS:
+        raise ValueError(f"unknown score {score!r}; expected one of {sorted(_SCORE_WORDS)}")
+    xlabel, what, near = _SCORE_WORDS[score]
     edges = [float(e) for e in edges]
     syn = [int(c) for c in synthetic_counts]
     null = [int(c) for c in null_counts]
@@ -159,12 +164,32 @@ def similarity_histogram(
     if threshold is not None and math.isfinite(threshold):
         alt += f" A dotted line marks the threshold {threshold:.4g}; {above} synthetic images lie in bins wholly above it."
     caption = (
-        "How similar each image is to its most similar training image. The solid blue outline is "
-        "real images of patients the generator never saw; the dashed, hatched vermillion outline is "
-        "the synthetic set. Synthetic images to the right of the dotted threshold are flagged; a "
-        "separate bump near 1 means near-copies."
+        f"{what} The solid blue outline is real images of patients the generator never saw; the "
+        "dashed, hatched vermillion outline is the synthetic set. Synthetic images to the right of "
+        f"the dotted threshold are flagged; {near}"
     )
     return Chart(uri, alt, caption)
+
+
+# x-axis label, what the chart shows, and what copies look like, per copies score.
+_SCORE_WORDS = {
+    "raw": (
+        "similarity to the most similar training image",
+        "How similar each image is to its most similar training image.",
+        "a separate bump near 1 means near-copies.",
+    ),
+    "relative": (
+        "relative score: similarity to training minus similarity to real non-members",
+        "How much closer each image is to its most similar training image than to its most similar real non-member (0: equally close).",
+        "a separate bump far to the right means near-copies.",
+    ),
+    "ratio": (
+        "ratio score: log(distance to real non-members / distance to training)",
+        "How much closer each image is to its most similar training image than to its most similar real non-member, "
+        "as the log of the ratio of the two distances (0: equally close; 2.3: ten times closer to training).",
+        "a separate bump far to the right means near-copies.",
+    ),
+}
 
 
 def roc_loglog(

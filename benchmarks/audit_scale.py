@@ -1,0 +1,147 @@
+"""Whole-audit scaling: wall time and peak memory per stage at N = 1k, 10k (and 100k) images.
+
+For each N: a seeded phantom study at 64 x 64 px with N training images (N/4 patients x 4 scans),
+N synthetic images (the leaky set: 20 % copies) and N/5 holdout images, written once as .npz
+files; then ``privaudit audit`` runs in a child process twice, with a cold embedding cache (a new
+folder) and again with the warm one. The child's own peak RSS comes from ``os.wait4``; the
+per-stage times and peaks from its ``results.json`` (``run.stages``: the high-water mark is reset
+per stage on Linux). The baseline measured in the same run is a raw float32 N x N matrix product
+at the pixel space's dimension (what one exact kNN pass over the sets costs at least), so the kNN
+stages can be read against it. How each stage grows with N is the exponent of a power law fitted
+over the sizes run.
+
+Usage::
+
+    python benchmarks/audit_scale.py                       # N = 1000, 10000
+    python benchmarks/audit_scale.py --sizes 1000,10000,100000 --checks copies,quality
+
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_study(n: int, folder: Path, seed: int = 0) -> dict[str, Path]:
+    from privaudit.phantoms import make_study
+
+    t = time.perf_counter()
+    study = make_study(
+        n_train_patients=max(1, n // 4), n_holdout_patients=max(1, n // 20), scans_per_patient=4,
+        n_synthetic=n, size=64, seed=seed,
+    )
+    paths = {}
+    for role, s in (("train", study.train), ("synthetic", study.leaky), ("holdout", study.holdout)):
+        path = folder / f"{role}.npz"
+        arrays = {"images": np.stack(s.images).astype(np.float32)}
+        if s.patient_ids is not None:
+            arrays["patient_id"] = np.array(s.patient_ids)
+        np.savez(path, **arrays)
+        paths[role] = path
+    print(f"  study N={n}: generated and written in {time.perf_counter() - t:.1f} s", flush=True)
+    return paths
+
+
+def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embedder: str, threads: int) -> dict:
+    cmd = [
+        sys.executable, "-m", "privaudit", "audit", "--train", str(paths["train"]), "--synthetic", str(paths["synthetic"]),
+        "--holdout", str(paths["holdout"]), "--checks", checks, "--embedder", embedder, "--out", str(out), "--force",
+        "--cache-dir", str(cache),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):  # 1 = verdict fail: the leaky set should fail
+        raise SystemExit(f"audit failed with exit code {code}: {err.strip()[-500:]}")
+    run = json.loads((out / "results.json").read_text())["run"]
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # KiB on Linux
+        "stages": {s["name"]: {"seconds": round(s["seconds"], 3), "peak_rss_mb": s["peak_rss_mb"] and round(s["peak_rss_mb"], 1)} for s in run["stages"]},
+        "embedded": run["embedded"],
+    }
+
+
+def matmul_seconds(n: int, dim: int) -> float:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, dim), dtype=np.float32)
+    b = rng.standard_normal((n, dim), dtype=np.float32)
+    t = time.perf_counter()
+    for start in range(0, n, 4096):  # bounded memory, as the kNN does
+        a[start : start + 4096] @ b.T
+    return time.perf_counter() - t
+
+
+def exponent(sizes: list[int], values: list[float]) -> float | None:
+    pts = [(np.log(n), np.log(v)) for n, v in zip(sizes, values) if v and v > 0]
+    if len(pts) < 2:
+        return None
+    x, y = np.array(pts).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--checks", default="copies,quality,membership,reid")
+    ap.add_argument("--embedder", default="pixels")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workdir", default=None, help="where to write the studies (default: a temporary folder)")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"audit_scale: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; "
+          f"checks {args.checks}; embedder {args.embedder}", flush=True)
+    figures: dict = {"threads": args.threads, "checks": args.checks, "embedder": args.embedder, "sizes": {}}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        root = Path(tmp)
+        for n in sizes:
+            folder = root / f"n{n}"
+            folder.mkdir()
+            paths = write_study(n, folder)
+            cache = folder / "cache"
+            cold = run_audit(paths, folder / "cold", cache, args.checks, args.embedder, args.threads)
+            warm = run_audit(paths, folder / "warm", cache, args.checks, args.embedder, args.threads)
+            mm = matmul_seconds(n, 64 * 64 // 4)  # the pixel embedder's dimension: 32 x 32
+            figures["sizes"][n] = {"cold": cold, "warm": warm, "matmul_s": round(mm, 3)}
+            print(f"N={n}: cold {cold['wall_s']:.1f} s, peak {cold['peak_rss_mb']:.0f} MiB; warm {warm['wall_s']:.1f} s, "
+                  f"peak {warm['peak_rss_mb']:.0f} MiB; one N x N x 1024 float32 product {mm:.2f} s", flush=True)
+            for name, st in warm["stages"].items():
+                print(f"    warm {name:<22} {st['seconds']:9.2f} s  {st['peak_rss_mb'] or float('nan'):8.0f} MiB"
+                      f"  ({st['seconds'] / mm if mm else float('nan'):.1f}x the product)", flush=True)
+    done = sorted(figures["sizes"])
+    if len(done) >= 2:
+        names = list(figures["sizes"][done[-1]]["warm"]["stages"])
+        growth = {}
+        for name in names:
+            secs = [figures["sizes"][n]["warm"]["stages"].get(name, {}).get("seconds") for n in done]
+            mem = [figures["sizes"][n]["warm"]["stages"].get(name, {}).get("peak_rss_mb") for n in done]
+            growth[name] = {"time_exponent": exponent(done, secs), "memory_exponent": exponent(done, mem)}
+        growth["whole audit (warm)"] = {
+            "time_exponent": exponent(done, [figures["sizes"][n]["warm"]["wall_s"] for n in done]),
+            "memory_exponent": exponent(done, [figures["sizes"][n]["warm"]["peak_rss_mb"] for n in done]),
+        }
+        figures["growth"] = growth
+        print(f"growth with N over {done} (fitted power-law exponents; 1 = linear, 2 = quadratic):")
+        for name, g in growth.items():
+            te, me = g["time_exponent"], g["memory_exponent"]
+            print(f"    {name:<24} time N^{te:.2f}  memory N^{me:.2f}" if te is not None and me is not None else f"    {name}: n/a")
+    print(json.dumps(figures, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
