@@ -78,7 +78,7 @@ def test_auto_switches_at_the_documented_size():
     assert resolve_index("auto", 49_999) == "exact" and resolve_index("auto", 50_000) == "ivf"
     assert resolve_index("exact", 10**9) == "exact" and resolve_index("ivf", 1) == "ivf"
     info = SearchIndex(base, index="auto", approximate_from=400, seed=7).info
-    assert (info.index, info.requested, info.n_base, info.nlist, info.nprobe, info.seed) == ("ivf", "auto", 400, 80, 8, 7)
+    assert (info.index, info.requested, info.n_base, info.nlist, info.nprobe, info.seed) == ("ivf", "auto", 400, 40, 8, 7)
     # knn stays exact unless asked: other checks do not measure an approximate index.
     np.testing.assert_array_equal(knn(queries, base, k=1, approximate_from=1).indices, knn_reference(queries, base, k=1).indices)
 

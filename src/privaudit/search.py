@@ -10,8 +10,8 @@ one (``benchmarks/copy_search.py``). It costs ``n_queries x n_base x d``: at 100
 about 40 s on 2 cores, growing with the square of the set size.
 
 **Approximate** search (``index="ivf"``) is an inverted file (``IndexIVFFlat``): k-means splits
-the base into ``nlist = 4 sqrt(n_base)`` lists, and each query scans only the ``nprobe = 8``
-lists whose centroids are most similar to it (0.6 % of the base at 100k). Near-copies sit next
+the base into ``nlist = 2 sqrt(n_base)`` lists, and each query scans only the ``nprobe = 8``
+lists whose centroids are most similar to it (1.3 % of the base at 100k). Near-copies sit next
 to their source, so they share its list or a neighbouring one: the high-similarity tail, which
 is what the copies check calls on, is found even where the nearest neighbour of an unrelated
 image is sometimes missed. The candidates are re-ranked exactly: their inner products with the
@@ -46,7 +46,7 @@ DEFAULT_CHUNK_SIZE = 4096
 APPROXIMATE_FROM = 50_000
 
 #: IVF lists per square root of the base size (``nlist = IVF_LISTS_PER_SQRT * sqrt(n)``).
-IVF_LISTS_PER_SQRT = 4.0
+IVF_LISTS_PER_SQRT = 2.0
 #: Lists scanned per query.
 IVF_NPROBE = 8
 #: k-means training sample per list (FAISS asks for 39; fewer trains faster, and the
