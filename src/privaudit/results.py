@@ -26,7 +26,7 @@ from privaudit.errors import InputError
 from privaudit.patients import PatientRow
 from privaudit.policy import Verdict
 
-SCHEMA_VERSION = "2.0.0"  # 2.0: the copies rewrite removed copies.excess_flag_rate and copies.embedder; adds metadata, quality, membership, reid, patients, run
+SCHEMA_VERSION = "2.1.0"  # 2.1: adds copies.search (index and its measured agreement). 2.0: the copies rewrite removed copies.excess_flag_rate and copies.embedder; adds metadata, quality, membership, reid, patients, run
 
 
 @dataclass(frozen=True)
