@@ -135,7 +135,11 @@ def run_method(method: str, folder: Path, k: int, threads: int, nprobe: int | No
     if sims is not None:
         np.save(folder / f"{method}_sims.npy", sims[:, 0])
         np.save(folder / f"{method}_idx.npy", idx[:, 0])
-    print(json.dumps({"method": method, "time_s": round(elapsed, 3), "peak_rss_mb": round(peak, 1), "data_rss_mb": round(data_rss, 1), **extra}))
+    row = json.dumps({"method": method, "time_s": round(elapsed, 3), "peak_rss_mb": round(peak, 1), "data_rss_mb": round(data_rss, 1), **extra})
+    # Also on disk: a run interrupted later (a slow reference on a busy machine) keeps its rows.
+    (folder / f"{method}.json.tmp").write_text(row)
+    os.replace(folder / f"{method}.json.tmp", folder / f"{method}.json")
+    print(row)
 
 
 def _status_mb(field: str) -> float:
@@ -201,6 +205,7 @@ def main() -> None:
                 if out.returncode != 0:
                     raise SystemExit(f"{method} failed at N={n}:\n{out.stderr[-2000:]}")
                 rows[method] = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"{n:>7} {method:<14} done: {rows[method]['time_s']:.2f} s, peak RSS {rows[method]['peak_rss_mb']:.0f} MB", flush=True)
             exact_s = exact_i = None
             if "faiss_exact" in rows:
                 exact_s, exact_i = np.load(folder / "faiss_exact_sims.npy"), np.load(folder / "faiss_exact_idx.npy")

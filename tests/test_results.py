@@ -138,7 +138,7 @@ def test_new_fields_validate_and_are_present(validator, leaky_result, study, tmp
     from privaudit.waivers import Waivers, worksheet_text
 
     data = json.loads(leaky_result.to_json())
-    assert data["schema_version"] == "2.0.0" and data["pseudonymised"] is False and "run" in data
+    assert data["schema_version"] == "2.1.0" and data["pseudonymised"] is False and "run" in data
     hist = data["checks"]["copies"]["histogram"]
     assert len(hist["edges"]) == len(hist["synthetic"]) + 1 == len(hist["null"]) + 1
     assert sum(hist["synthetic"]) == data["checks"]["copies"]["n_synthetic"]
