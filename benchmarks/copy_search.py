@@ -6,7 +6,8 @@ Every method runs in its own child process on the same seeded vectors (written o
 temporary folder and loaded by each child), so that its peak resident memory
 (tracemalloc does not see FAISS's or BLAS's memory) is its own. Peak RSS is the kernel's high-water mark of the child (``VmHWM``; ``ru_maxrss`` would
 carry the parent's peak across fork and exec). Printed per method: time, peak RSS and the RSS
-of the loaded data alone (the rest is the method's), the ratio to the matrix product and to FAISS exact, and the tail agreement.
+of the loaded data alone (the rest is the method's), its CPU seconds (all threads; steadier
+than wall time on a shared machine, and in the JSON line), the ratio to the matrix product and to FAISS exact, and the tail agreement.
 
 **Data.** Clustered unit vectors: ``--clusters`` centres, each vector a centre plus Gaussian
 noise (two vectors of one cluster have cosine ~0.5, of two clusters ~0). The first
@@ -79,7 +80,11 @@ def run_method(method: str, folder: Path, k: int, threads: int, nprobe: int | No
     """In a child process: load the data, run one method, save top-k, print one JSON line."""
     train = np.load(folder / "train.npy")
     syn = np.load(folder / "syn.npy")
+    import resource
+
     data_rss = _status_mb("VmRSS")
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage0.ru_utime + usage0.ru_stime
     t0 = time.perf_counter()
     extra: dict[str, object] = {}
     if method == "matmul":
@@ -135,7 +140,11 @@ def run_method(method: str, folder: Path, k: int, threads: int, nprobe: int | No
     if sims is not None:
         np.save(folder / f"{method}_sims.npy", sims[:, 0])
         np.save(folder / f"{method}_idx.npy", idx[:, 0])
-    row = json.dumps({"method": method, "time_s": round(elapsed, 3), "peak_rss_mb": round(peak, 1), "data_rss_mb": round(data_rss, 1), **extra})
+    # CPU seconds of this process (all its threads): on a shared machine, a steadier measure of
+    # the work than wall time, which other users' load inflates.
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu0
+    row = json.dumps({"method": method, "time_s": round(elapsed, 3), "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak, 1), "data_rss_mb": round(data_rss, 1), **extra})
     # Also on disk: a run interrupted later (a slow reference on a busy machine) keeps its rows.
     (folder / f"{method}.json.tmp").write_text(row)
     os.replace(folder / f"{method}.json.tmp", folder / f"{method}.json")
@@ -205,7 +214,8 @@ def main() -> None:
                 if out.returncode != 0:
                     raise SystemExit(f"{method} failed at N={n}:\n{out.stderr[-2000:]}")
                 rows[method] = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"{n:>7} {method:<14} done: {rows[method]['time_s']:.2f} s, peak RSS {rows[method]['peak_rss_mb']:.0f} MB", flush=True)
+                print(f"{n:>7} {method:<14} done: {rows[method]['time_s']:.2f} s ({rows[method].get('cpu_s')} CPU s), "
+                      f"peak RSS {rows[method]['peak_rss_mb']:.0f} MB", flush=True)
             exact_s = exact_i = None
             if "faiss_exact" in rows:
                 exact_s, exact_i = np.load(folder / "faiss_exact_sims.npy"), np.load(folder / "faiss_exact_idx.npy")
