@@ -401,3 +401,56 @@ def test_a_null_emptied_by_duplicates_is_not_assessed_not_a_crash(study):
     assert c.status is CheckStatus.NOT_ASSESSED and "the null holds 0 score(s)" in c.reason
     assert c.null.n_duplicates_removed == 40
     assert result.verdict.status.value == "fail"
+
+
+def test_approximate_index_calls_the_same_copies_as_exact(study):
+    """IVF forced on the tiny study: the same pairs flagged with the same (exact) similarities,
+    and the measured agreement complete, so no warning."""
+    exact = audit(study.train, study.leaky, study.holdout, config=cfg(index="exact")).checks["copies"]
+    approx = audit(study.train, study.leaky, study.holdout, config=cfg(index="ivf")).checks["copies"]
+    assert exact.search.index == "exact" and exact.search.agreement == () and exact.search.nlist is None
+    assert approx.search.index == "ivf" and approx.search.requested == "ivf" and approx.search.nlist >= 2
+    assert exact.n_flagged >= 0.8 * len(study.copies)
+    pairs = {(f.synthetic_id, f.train_id): f for f in exact.flagged}
+    # The order among exact copies (all at similarity 1, p at the floor) may differ by rounding.
+    assert {(f.synthetic_id, f.train_id) for f in approx.flagged} == set(pairs)
+    for f in approx.flagged:
+        assert f.similarity == pytest.approx(pairs[f.synthetic_id, f.train_id].similarity, abs=1e-5)
+        assert f.p_value == pytest.approx(pairs[f.synthetic_id, f.train_id].p_value)
+    (agreement,) = approx.search.agreement
+    assert agreement.n_sampled == len(study.leaky)  # fewer than agreement_sample: all of them
+    assert agreement.n_exact_tail >= exact.n_flagged and agreement.n_found == agreement.n_exact_tail
+    assert agreement.n_spurious == 0 and agreement.complete
+    assert not any("pproximate search" in w for w in approx.warnings)
+
+
+def test_auto_index_switches_at_the_configured_training_size(study):
+    small = audit(study.train, study.leaky, study.holdout, config=cfg()).checks["copies"]
+    assert (small.search.index, small.search.requested) == ("exact", "auto")
+    assert small.search.approximate_from == 50_000 and small.search.n_base == len(study.train)
+    lowered = audit(study.train, study.leaky, study.holdout, config=cfg(approximate_from=len(study.train))).checks["copies"]
+    assert (lowered.search.index, lowered.search.requested) == ("ivf", "auto") and len(lowered.search.agreement) == 1
+    again = audit(study.train, study.leaky, study.holdout, config=cfg(approximate_from=len(study.train))).checks["copies"]
+    assert again == lowered  # the k-means seed comes from the audit seed
+
+
+def test_missed_tail_pairs_are_counted_and_warned(study, monkeypatch):
+    """An IVF too coarse to be right (one list of 11 scanned, one k-means iteration) misses a
+    copy (measured: 16 of 17 tail images found); the agreement says how many, and warns."""
+    import privaudit.search as search
+
+    monkeypatch.setattr(search, "IVF_NPROBE", 1)
+    monkeypatch.setattr(search, "IVF_LISTS_PER_SQRT", 1.0)
+    monkeypatch.setattr(search, "IVF_KMEANS_ITERATIONS", 1)
+    c = audit(study.train, study.leaky, study.holdout, config=cfg(index="ivf", positive_control=0, bootstrap=0)).checks["copies"]
+    (a,) = c.search.agreement
+    assert a.n_found < a.n_exact_tail and not a.complete and a.n_spurious == 0
+    assert any(f"missed {a.n_exact_tail - a.n_found} of the {a.n_exact_tail}" in w and 'copies.index = "exact"' in w for w in c.warnings)
+
+
+@pytest.mark.parametrize("bad", [{"index": "hnsw"}, {"approximate_from": 0}, {"agreement_sample": 0}], ids=["index", "approximate_from", "sample"])
+def test_bad_index_options_are_refused(bad):
+    from privaudit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="copies.*(index|approximate_from|agreement_sample)"):
+        cfg(**bad)

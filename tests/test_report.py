@@ -84,3 +84,28 @@ def test_report_has_a_chart_with_alt_text_and_accessible_tables(leaky_html):
         assert "<th" in table  # every table has header cells
     # Status is never colour alone: a symbol and a word.
     assert "✗ fail</span>" in leaky_html
+
+
+def test_the_copies_section_names_the_search_index_and_its_agreement(study, monkeypatch):
+    """The index line for exact and approximate search, and the warning when the approximate
+    search missed tail images (a coarse IVF, as in test_copies)."""
+    from privaudit.config import AuditConfig
+
+    def html_of(index: str) -> str:
+        cfg = AuditConfig.from_dict({"embedders": ["pixels"], "checks": ["copies"], "copies": {"index": index, "positive_control": 0, "bootstrap": 0}})
+        return render_html(audit(study.train, study.leaky, study.holdout, config=cfg), images=None)
+
+    exact = html_of("exact")
+    assert re.search(r"<th scope=\"row\">Search</th><td class=\"num\">exact over \d+ training images", exact)
+    assert "Agreement with exact search" not in exact
+    ivf = html_of("ivf")
+    assert "approximate (IVF," in ivf and "re-ranked exactly" in ivf and "as configured (ivf)" in ivf
+    assert re.search(r"(\d+) of \1 tail images found", ivf) and "it was not" not in ivf
+
+    import privaudit.search as search
+
+    monkeypatch.setattr(search, "IVF_NPROBE", 1)
+    monkeypatch.setattr(search, "IVF_LISTS_PER_SQRT", 1.0)
+    monkeypatch.setattr(search, "IVF_KMEANS_ITERATIONS", 1)
+    coarse = html_of("ivf")
+    assert "it was not: see the warning above" in coarse and "Approximate search (IVF" in coarse

@@ -27,6 +27,8 @@ def test_every_result_validates(validator, leaky_result, clean_result, study):
         clean_result,
         audit(study.train, study.leaky),  # no holdout: fallback null
         audit(study.train, study.leaky, study.holdout.subset(range(20))),  # not assessed
+        # Approximate search: the copies check's search record with its measured agreement.
+        audit(study.train, study.leaky, study.holdout, config=AuditConfig.from_dict({"embedders": ["pixels"], "copies": {"index": "ivf"}})),
     ]
     for result in results:
         validator.validate(json.loads(result.to_json()))
@@ -169,6 +171,7 @@ def test_a_results_file_without_the_optional_fields_still_loads(leaky_result, tm
     for key in ("pseudonymised",):
         data.pop(key)
     data["checks"]["copies"].pop("histogram")
+    data["checks"]["copies"].pop("search")  # added in 2.1
     for r in data["verdict"]["reasons"]:
         for key in ("use", "compared", "n_waivers", "value_before_review"):
             r.pop(key)

@@ -27,7 +27,7 @@ from privaudit.patients import PatientRow
 from privaudit.policy import Verdict
 from privaudit.stages import StageTiming
 
-SCHEMA_VERSION = "2.1.0"  # 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope
+SCHEMA_VERSION = "2.1.0"  # 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope, copies.search (index and its measured agreement)
 
 
 @dataclass(frozen=True)

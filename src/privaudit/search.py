@@ -1,13 +1,36 @@
-"""Nearest-neighbour search: exact FAISS inner-product kNN in bounded memory, and a numpy reference.
+"""Nearest-neighbour search: FAISS inner-product kNN in bounded memory, exact or approximate,
+and a numpy reference.
 
 Embeddings are unit vectors, so the inner product is the cosine similarity. Queries are processed
 in chunks of ``chunk_size`` rows: memory holds one ``chunk_size x k`` result block and FAISS's own
 ``chunk_size x N`` similarity block, whatever the number of queries.
+
+**Exact** search (``IndexFlatIP``) is a float32 matrix product and already runs at the speed of
+one (``benchmarks/copy_search.py``). It costs ``n_queries x n_base x d``: at 100k x 100k x 512
+about 40 s on 2 cores, growing with the square of the set size.
+
+**Approximate** search (``index="ivf"``) is an inverted file (``IndexIVFFlat``): k-means splits
+the base into ``nlist = 2 sqrt(n_base)`` lists, and each query scans only the ``nprobe = 8``
+lists whose centroids are most similar to it (1.3 % of the base at 100k). Near-copies sit next
+to their source, so they share its list or a neighbouring one: the high-similarity tail, which
+is what the copies check calls on, is found even where the nearest neighbour of an unrelated
+image is sometimes missed. The candidates are re-ranked exactly: their inner products with the
+query are recomputed in float32 from the stored vectors, so every similarity returned is a true
+similarity (a found pair has the same value as exact search gives it; a missed one can only make
+the returned neighbour *less* similar). k-means is trained on a seeded sample of the base with a
+fixed seed, so the same inputs and seed give the same index and the same neighbours.
+
+``index="auto"`` uses exact search below :data:`APPROXIMATE_FROM` base vectors and IVF from
+there on, where it starts to pay (measured in ``benchmarks/copy_search.py``; see the README).
+Approximate search never measures its own agreement: callers that rely on it (the copies check)
+check a sample against exact search and report the result.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -16,6 +39,24 @@ from privaudit.errors import InputError
 #: Query rows per FAISS call. 4096 x 100k float32 similarities are 1.6 GB at most inside FAISS;
 #: smaller chunks cost little (FAISS blocks the product itself), larger ones save nothing.
 DEFAULT_CHUNK_SIZE = 4096
+
+#: Base size from which ``index="auto"`` uses approximate (IVF) search instead of exact search.
+#: Below it exact search takes seconds and IVF's k-means training eats most of its gain
+#: (measured in benchmarks/copy_search.py; the README has the figures).
+APPROXIMATE_FROM = 50_000
+
+#: IVF lists per square root of the base size (``nlist = IVF_LISTS_PER_SQRT * sqrt(n)``).
+IVF_LISTS_PER_SQRT = 2.0
+#: Lists scanned per query.
+IVF_NPROBE = 8
+#: k-means training sample per list (FAISS asks for 39; fewer trains faster, and the
+#: lists only need to keep near-copies together, not to be optimal).
+IVF_TRAIN_POINTS_PER_LIST = 32
+#: k-means iterations.
+IVF_KMEANS_ITERATIONS = 10
+
+IndexKind = Literal["auto", "exact", "ivf"]
+INDEX_KINDS: tuple[str, ...] = ("auto", "exact", "ivf")
 
 
 @dataclass(frozen=True)
@@ -41,16 +82,13 @@ class Neighbors:
 
 
 def _validate(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    for name, arr in (("queries", queries), ("base", base)):
-        if not isinstance(arr, np.ndarray) or arr.ndim != 2:
-            shape = getattr(arr, "shape", None)
-            raise InputError(f"got {shape} for {name}; expected a 2D array (n, d)")
+    _validate_base(base)
+    if not isinstance(queries, np.ndarray) or queries.ndim != 2:
+        raise InputError(f"got {getattr(queries, 'shape', None)} for queries; expected a 2D array (n, d)")
     if queries.shape[1] != base.shape[1]:
         raise InputError(
             f"queries have dimension {queries.shape[1]} but base has {base.shape[1]}"
         )
-    if base.shape[0] == 0:
-        raise InputError("the base set is empty")
     if not 1 <= k <= base.shape[0]:
         raise InputError(f"k must lie in [1, {base.shape[0]}] (the base size); got {k}")
     return (
@@ -59,20 +97,189 @@ def _validate(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray
     )
 
 
+def _validate_base(base: np.ndarray) -> None:
+    if not isinstance(base, np.ndarray) or base.ndim != 2:
+        raise InputError(f"got {getattr(base, 'shape', None)} for base; expected a 2D array (n, d)")
+    if base.shape[0] == 0:
+        raise InputError("the base set is empty")
+
+
+def resolve_index(index: str, n_base: int, *, approximate_from: int = APPROXIMATE_FROM) -> str:
+    """The index ``index`` stands for on a base of ``n_base`` vectors: ``"exact"`` or ``"ivf"``.
+
+    ``"auto"`` is exact below ``approximate_from`` base vectors and IVF from there on.
+    """
+    if index not in INDEX_KINDS:
+        raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}; got {index!r}")
+    if approximate_from < 1:
+        raise ValueError(f"approximate_from must be at least 1; got {approximate_from}")
+    if index == "auto":
+        return "ivf" if n_base >= approximate_from else "exact"
+    return index
+
+
+@dataclass(frozen=True)
+class SearchInfo:
+    """Which index a search used, with its parameters (for the record).
+
+    Attributes:
+        index: ``"exact"`` or ``"ivf"``.
+        requested: what was asked for (``"auto"``, ``"exact"`` or ``"ivf"``).
+        n_base: base vectors indexed.
+        approximate_from: the base size from which ``"auto"`` goes approximate.
+        nlist: IVF lists (``None`` for exact search).
+        nprobe: IVF lists scanned per query.
+        train_points: base vectors k-means was trained on.
+        kmeans_iterations: k-means iterations.
+        seed: the k-means seed (and the training sample's).
+    """
+
+    index: str
+    requested: str
+    n_base: int
+    approximate_from: int
+    nlist: int | None = None
+    nprobe: int | None = None
+    train_points: int | None = None
+    kmeans_iterations: int | None = None
+    seed: int | None = None
+
+    @property
+    def approximate(self) -> bool:
+        """True for an approximate index."""
+        return self.index != "exact"
+
+
+class SearchIndex:
+    """An index over one base set, built once and searched by several query sets.
+
+    Args:
+        base: ``(m, d)`` float32 vectors to search in (unit rows for cosine similarity).
+        index: ``"exact"`` (``IndexFlatIP``), ``"ivf"`` (``IndexIVFFlat`` with exact
+            re-ranking) or ``"auto"`` (exact below ``approximate_from`` base vectors).
+        approximate_from: the switch size of ``"auto"``.
+        nlist: IVF lists; default ``IVF_LISTS_PER_SQRT * sqrt(m)`` (at most ``m``).
+        nprobe: IVF lists scanned per query; default :data:`IVF_NPROBE` (at most ``nlist``).
+        seed: seeds the k-means training sample and initialisation.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.eye(4, dtype=np.float32)
+        >>> ix = SearchIndex(x, index="ivf", nlist=2, seed=0)
+        >>> ix.search(x, k=1).indices.ravel().tolist()
+        [0, 1, 2, 3]
+    """
+
+    def __init__(
+        self,
+        base: np.ndarray,
+        *,
+        index: str = "auto",
+        approximate_from: int = APPROXIMATE_FROM,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        import faiss
+
+        _validate_base(base)
+        self.base = np.ascontiguousarray(base, dtype=np.float32)
+        n, d = self.base.shape
+        kind = resolve_index(index, n, approximate_from=approximate_from)
+        if kind == "exact":
+            self._index = faiss.IndexFlatIP(d)
+            self._index.add(self.base)
+            self.info = SearchInfo("exact", index, n, approximate_from)
+            return
+        nlist = nlist if nlist is not None else max(1, round(IVF_LISTS_PER_SQRT * math.sqrt(n)))
+        if nlist < 1:
+            raise ValueError(f"nlist must be at least 1; got {nlist}")
+        nlist = min(nlist, n)
+        nprobe = min(nprobe if nprobe is not None else IVF_NPROBE, nlist)
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be at least 1; got {nprobe}")
+        # k-means on a seeded sample: ours, so that FAISS does not subsample again with its own
+        # stream (max_points_per_centroid is raised to keep every sampled point).
+        rng = np.random.default_rng(seed)
+        n_train = min(n, max(nlist, IVF_TRAIN_POINTS_PER_LIST * nlist))
+        sample = self.base[np.sort(rng.choice(n, size=n_train, replace=False))] if n_train < n else self.base
+        quantizer = faiss.IndexFlatIP(d)
+        ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter = IVF_KMEANS_ITERATIONS
+        ivf.cp.seed = int(seed) % (2**31)
+        ivf.cp.max_points_per_centroid = max(1, -(-n_train // nlist))
+        ivf.cp.min_points_per_centroid = 1  # small bases: no warning, training still works
+        ivf.train(sample)
+        ivf.add(self.base)
+        ivf.nprobe = nprobe
+        self._index = ivf
+        self._quantizer = quantizer  # the IVF index does not own it: keep it alive
+        self.info = SearchInfo("ivf", index, n, approximate_from, nlist, nprobe, int(n_train), IVF_KMEANS_ITERATIONS, int(seed))
+
+    @property
+    def kind(self) -> str:
+        """``"exact"`` or ``"ivf"``."""
+        return self.info.index
+
+    def search(self, queries: np.ndarray, *, k: int = 1, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Neighbors:
+        """The ``k`` most similar base vectors of each query, most similar first.
+
+        With IVF, queries whose lists hold fewer than ``k`` vectors get ``-inf`` with index
+        ``-1`` in the missing places (never with ``k = 1`` unless a list is empty).
+        """
+        q, _ = _validate(queries, self.base, k)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1; got {chunk_size}")
+        sims = np.empty((q.shape[0], k), dtype=np.float32)
+        idx = np.empty((q.shape[0], k), dtype=np.int64)
+        for start in range(0, q.shape[0], chunk_size):
+            stop = min(start + chunk_size, q.shape[0])
+            s, i = self._index.search(q[start:stop], k)
+            if self.kind != "exact":
+                s, i = _rerank(q[start:stop], self.base, i)
+            sims[start:stop], idx[start:stop] = s, i
+        return Neighbors(sims, idx)
+
+    def exact(self, queries: np.ndarray, *, k: int = 1, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Neighbors:
+        """Exact search of ``queries`` in the same base (to measure an approximate index)."""
+        return knn(queries, self.base, k=k, chunk_size=chunk_size, index="exact")
+
+
+def _rerank(queries: np.ndarray, base: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Recompute the candidates' similarities exactly (float32 inner products with the stored
+    vectors) and sort them, most similar first. Missing candidates (``-1``) stay last as ``-inf``."""
+    valid = candidates >= 0
+    vectors = base[np.where(valid, candidates, 0)]  # (n, k, d): chunk_size x k x d floats at most
+    sims = np.einsum("nkd,nd->nk", vectors, queries, dtype=np.float32)
+    sims[~valid] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")
+    idx = np.take_along_axis(np.where(valid, candidates, -1), order, axis=1)
+    return np.take_along_axis(sims, order, axis=1), idx
+
+
 def knn(
     queries: np.ndarray,
     base: np.ndarray,
     *,
     k: int = 1,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    index: str = "exact",
+    approximate_from: int = APPROXIMATE_FROM,
+    seed: int = 0,
 ) -> Neighbors:
-    """Exact k-nearest neighbours by inner product, with FAISS (``IndexFlatIP``).
+    """k-nearest neighbours by inner product, with FAISS.
 
     Args:
         queries: ``(n, d)`` float32 vectors.
         base: ``(m, d)`` float32 vectors to search in.
         k: neighbours per query (at most ``m``).
         chunk_size: query rows per FAISS call; bounds memory, not results.
+        index: ``"exact"`` (default: ``IndexFlatIP``), ``"ivf"`` (approximate, re-ranked
+            exactly) or ``"auto"`` (exact below ``approximate_from`` base vectors). Exact is
+            the default here because callers other than the copies check do not measure an
+            approximate index's agreement; see :class:`SearchIndex`.
+        approximate_from: the switch size of ``"auto"``.
+        seed: the IVF k-means seed.
 
     Returns:
         :class:`Neighbors`, most similar first. Ties may be ordered differently from
@@ -84,19 +291,10 @@ def knn(
         >>> knn(x, x, k=1).indices.ravel().tolist()
         [0, 1, 2]
     """
-    import faiss
-
     q, b = _validate(queries, base, k)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1; got {chunk_size}")
-    index = faiss.IndexFlatIP(b.shape[1])
-    index.add(b)
-    sims = np.empty((q.shape[0], k), dtype=np.float32)
-    idx = np.empty((q.shape[0], k), dtype=np.int64)
-    for start in range(0, q.shape[0], chunk_size):
-        stop = min(start + chunk_size, q.shape[0])
-        sims[start:stop], idx[start:stop] = index.search(q[start:stop], k)
-    return Neighbors(sims, idx)
+    return SearchIndex(b, index=index, approximate_from=approximate_from, seed=seed).search(q, k=k, chunk_size=chunk_size)
 
 
 def knn_reference(queries: np.ndarray, base: np.ndarray, *, k: int = 1) -> Neighbors:

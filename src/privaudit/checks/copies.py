@@ -37,6 +37,13 @@ synthetic images.
 same procedure; the share found is the sensitivity measured on this very dataset. They are then
 discarded.
 
+**Search.** The synthetic images' search against training is exact below
+``approximate_from`` training images and approximate (IVF, re-ranked exactly) from there on
+(:mod:`privaudit.search`); its agreement with exact search on the high-similarity tail is
+measured in every audit (a seeded sample plus every image it put in the tail, re-searched
+exactly) and reported, with a warning when it missed any. Searches against the holdout are
+always exact, so an approximate index can miss copies but never invent them.
+
 **Explanations** (pixel SSIM and the likely transform) for flagged pairs, and **duplicates inside
 the inputs** (within training: memorisation is likelier and naive rates inflate; within the
 synthetic set: a mode-collapse signal), reported separately from copies.
@@ -64,7 +71,7 @@ from privaudit.checks.base import (
     Reviewable,
 )
 from privaudit.errors import ConfigError
-from privaudit.search import knn, knn_excluding_self
+from privaudit.search import APPROXIMATE_FROM, INDEX_KINDS, Neighbors, SearchIndex, knn, knn_excluding_self, resolve_index
 from privaudit.stats import (
     attainable_level,
     benjamini_hochberg,
@@ -86,6 +93,10 @@ FALLBACK_NOTE = (
 
 #: Pairs explained and examples of duplicates listed (all flagged pairs are always listed).
 MAX_EXAMPLES = 20
+
+#: Two similarities closer than this are the same pair found (float32 products computed by
+#: different kernels differ by a few ulps).
+_SAME_SIMILARITY = 1e-5
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,14 @@ class CopiesOptions:
         bootstrap: replicates for the interval of the copied-share estimate.
         explain: flagged pairs explained with SSIM and a likely transform (the most
             significant first).
+        index: the search index against training: ``"auto"`` (exact below
+            ``approximate_from`` training images, approximate IVF from there on), ``"exact"``
+            or ``"ivf"``. An approximate search's agreement with exact search on the
+            high-similarity tail is measured and reported (:class:`SearchAgreement`).
+        approximate_from: the training-set size from which ``"auto"`` is approximate.
+        agreement_sample: synthetic images re-searched exactly, at random, to
+            measure an approximate index's agreement (all of them when there are fewer); every
+            image the approximate search puts in the tail is re-searched too.
     """
 
     fdr: float = 0.05
@@ -126,8 +145,17 @@ class CopiesOptions:
     control_prevalence: float = 0.05
     bootstrap: int = 200
     explain: int = 200
+    index: Literal["auto", "exact", "ivf"] = "auto"
+    approximate_from: int = APPROXIMATE_FROM
+    agreement_sample: int = 2000
 
     def __post_init__(self) -> None:
+        if self.index not in INDEX_KINDS:
+            raise ConfigError(f"copies.index must be one of {', '.join(INDEX_KINDS)}; got {self.index!r}")
+        if self.approximate_from < 1:
+            raise ConfigError(f"copies.approximate_from must be >= 1; got {self.approximate_from}")
+        if self.agreement_sample < 1:
+            raise ConfigError(f"copies.agreement_sample must be >= 1; got {self.agreement_sample}")
         for name in ("fdr", "alpha", "control_prevalence"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
@@ -243,6 +271,56 @@ class InternalDuplicates:
     examples: tuple[DuplicatePair, ...]
 
 
+@dataclass(frozen=True)
+class SearchAgreement:
+    """How well an approximate search agreed with exact search, in one embedding space.
+
+    The tail is the scores at or above ``tail_score``: the lower of the score an image must
+    exceed to be flagged on this space's evidence alone and the highest null score (above which
+    images are listed regardless). Exact search was run on ``n_sampled`` synthetic images drawn
+    at random and on the ``n_tail_checked`` images that the approximate search put in the tail.
+    Among those, exact search put ``n_exact_tail`` in the tail, and the approximate search found
+    ``n_found`` of them (the same most similar training image, so the same score); it put
+    ``n_spurious`` in the tail that exact search does not. Images outside the sample that the
+    approximate search scored below the tail are not re-checked: ``sampled_top1_agreement``
+    (the share of sampled images whose most similar training image it found) says how often it
+    misses one at all. (The null's searches are always exact.)
+    """
+
+    embedder: str
+    tail_score: float | None
+    n_sampled: int
+    n_tail_checked: int
+    n_exact_tail: int
+    n_found: int
+    n_spurious: int
+    sampled_top1_agreement: float | None
+
+    @property
+    def complete(self) -> bool:
+        """True when every tail pair exact search found was found, and nothing spurious."""
+        return self.n_found == self.n_exact_tail and self.n_spurious == 0
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """The index the synthetic images' search against training used, and, when approximate,
+    its measured agreement with exact search. Every search against the holdout (the null's,
+    the reference's) is exact whatever the index: a missed neighbour there would lower a null
+    score or a reference similarity and make false flags; a missed training neighbour can only
+    lower a synthetic image's score (a missed copy), and that is what the agreement measures."""
+
+    index: str
+    requested: str
+    n_base: int
+    approximate_from: int
+    nlist: int | None
+    nprobe: int | None
+    train_points: int | None
+    kmeans_iterations: int | None
+    agreement: tuple[SearchAgreement, ...]
+
+
 @dataclass(frozen=True, kw_only=True)
 class CopiesResult(CheckResult):
     """Result of the ``copies`` check (see the module docstring)."""
@@ -268,6 +346,7 @@ class CopiesResult(CheckResult):
     positive_control: PositiveControl | None
     flagged: tuple[FlaggedCopy, ...]
     histogram: SimilarityHistogram | None = None
+    search: SearchRecord | None = None
 
 
 @dataclass
@@ -286,10 +365,12 @@ class _Space:
     train: np.ndarray
     reference: np.ndarray | None
     kind: str
+    index: SearchIndex | None = None
+    syn_reference: np.ndarray | None = None
 
     def score_extra(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(similarity, nearest training index, score) of extra images in this space."""
-        nb = knn(vectors, self.train, k=1)
+        nb = self.index.search(vectors, k=1) if self.index is not None else knn(vectors, self.train, k=1)
         sim = nb.similarities[:, 0].astype(np.float64)
         if self.reference is not None:
             ref = knn(vectors, self.reference, k=1).similarities[:, 0].astype(np.float64)
@@ -459,6 +540,7 @@ class CopiesCheck(Check):
             )
             metrics = {name: Metric(None, m, direction=spec.direction) for name, spec in self.metrics.items()}
             metrics["synthetic_duplicate_rate"] = dup_metric
+            search = _search_record(ctx, spaces, options, None, warnings)
             return CopiesResult(
                 status=CheckStatus.NOT_ASSESSED,
                 reason=reason,
@@ -472,6 +554,7 @@ class CopiesCheck(Check):
                 n_train_patients_copied=None,
                 positive_control=None,
                 flagged=(),
+                search=search,
                 **common,
             )
 
@@ -515,6 +598,7 @@ class CopiesCheck(Check):
                 f"BH can only flag copies when there are at least {floor} of them ({floor / m:.1%} of the set). "
                 f"The {int(above.sum())} image(s) more similar to training than every null score are listed regardless."
             )
+        search = _search_record(ctx, spaces, options, cut, warnings)
         return CopiesResult(
             status=CheckStatus.ASSESSED,
             reason=None,
@@ -528,6 +612,7 @@ class CopiesCheck(Check):
             n_train_patients_copied=n_patients,
             positive_control=control,
             flagged=flagged,
+            search=search,
             **common,
         )
 
@@ -544,19 +629,33 @@ def _score_spaces(ctx: AuditContext, specs: tuple[str, ...], options: CopiesOpti
     "near" is not used for this: it may put two different scans close together.
     """
     near = {spec: options.near_duplicate_similarity if options.near_duplicate_similarity is not None else ctx.space_of(spec).near_duplicate_similarity for spec in specs}
-    syn = {spec: ctx.neighbors("synthetic", "train", k=1, embedder=spec) for spec in specs}
+    indexes = _training_indexes(ctx, specs, options)
+
+    def to_train(role: str, spec: str) -> Neighbors:
+        # Exact searches go through the context, which shares them with other checks; an
+        # approximate one stays inside this check (other checks do not measure its agreement).
+        index = indexes[spec]
+        if index is None:
+            return ctx.neighbors(role, "train", k=1, embedder=spec)
+        return index.search(ctx.space_of(spec).of(role), k=1)
+
+    syn = {spec: to_train("synthetic", spec) for spec in specs}
     if ctx.holdout is None:
         null_raw, groups, duplicates = _training_null(ctx, specs, near)
         if options.score != "raw":
             warnings.append(f"{options.score} scores need real non-members; without a holdout, raw similarities are used")
         return [
             _Space(spec, syn[spec].similarities[:, 0].astype(np.float64), syn[spec].indices[:, 0], syn[spec].similarities[:, 0].astype(np.float64),
-                   null_raw[spec], groups, duplicates, _fallback_source(ctx), "raw", ctx.space_of(spec).train, None, "raw")
+                   null_raw[spec], groups, duplicates, _fallback_source(ctx), "raw", ctx.space_of(spec).train, None, "raw", indexes[spec])
             for spec in specs
         ]
 
     holdout = ctx.holdout
     train_by_digest = {d: i for i, d in enumerate(ctx.train.pixel_digests)}
+    # The null's searches are exact whatever the index: a missed neighbour would lower a null
+    # score and with it every p-value (false flags). Approximate search of the synthetic images
+    # against training can only lower their scores (a missed copy), which the agreement check
+    # measures. The reference searches (against the holdout) are exact too, below.
     hb = {spec: ctx.neighbors("holdout", "train", k=1, embedder=spec) for spec in specs}
     first = specs[0]
     keep = np.ones(len(holdout), dtype=bool)
@@ -588,13 +687,108 @@ def _score_spaces(ctx: AuditContext, specs: tuple[str, ...], options: CopiesOpti
         null_sim = hb[spec].similarities[kept, 0].astype(np.float64)
         reference = None
         syn_score, null_score = syn_sim, null_sim
+        syn_ref = None
         if relative:
             reference = np.ascontiguousarray(space.holdout[kept])
             null_ref = knn_excluding_self(reference, k=1, groups=groups).similarities[:, 0].astype(np.float64)
+            # Exact, like the null's own reference search: an approximate miss here would lower
+            # s_ref, raise the score and make false flags (measured on the phantoms with a
+            # coarse IVF: 1 and 2 spurious tail images).
             syn_ref = knn(space.synthetic, reference, k=1).similarities[:, 0].astype(np.float64)
             syn_score, null_score = score_against(syn_sim, syn_ref, options.score), score_against(null_sim, null_ref, options.score)
-        out.append(_Space(spec, syn_sim, syn[spec].indices[:, 0], syn_score, null_score, groups, duplicates, "holdout", options.score if relative else "raw", space.train, reference, options.score if relative else "raw"))
+        out.append(_Space(spec, syn_sim, syn[spec].indices[:, 0], syn_score, null_score, groups, duplicates, "holdout", options.score if relative else "raw",
+                          space.train, reference, options.score if relative else "raw", indexes[spec], syn_ref))
     return out
+
+
+def _index_seed(ctx: AuditContext) -> int:
+    """The k-means seed of approximate indexes, from the audit seed."""
+    return int(ctx.rng("copies-index").integers(2**31 - 1))
+
+
+def _training_indexes(ctx: AuditContext, specs: tuple[str, ...], options: CopiesOptions) -> dict[str, SearchIndex | None]:
+    """Per space, the approximate index over training, or ``None`` where search is exact."""
+    n = len(ctx.train)
+    if resolve_index(options.index, n, approximate_from=options.approximate_from) == "exact":
+        return {spec: None for spec in specs}
+    seed = _index_seed(ctx)
+    return {spec: SearchIndex(ctx.space_of(spec).train, index="ivf", seed=seed) for spec in specs}
+
+
+def _tail_score(null_scores: np.ndarray, cut: float | None) -> float | None:
+    """The lower of the score an image must exceed to be flagged on one space's evidence
+    (p <= ``cut``) and the highest null score; ``None`` without a null."""
+    if not len(null_scores):
+        return None
+    top = float(null_scores.max())
+    if cut is None:
+        return top
+    return min(top, conformal_threshold(null_scores, cut))
+
+
+def _agreement(ctx: AuditContext, s: _Space, options: CopiesOptions, cut: float | None) -> SearchAgreement:
+    """Exact search on a seeded sample of synthetic images and on every image the approximate
+    search put in the tail, compared with what the approximate search gave them."""
+    assert s.index is not None
+    vectors = ctx.space_of(s.spec).synthetic
+    m = len(s.syn_score)
+    rng = ctx.rng(f"copies-agreement:{s.spec}")
+    sample = np.sort(rng.choice(m, size=min(m, options.agreement_sample), replace=False))
+    tau = _tail_score(s.null_score, cut)
+    tail = np.flatnonzero(s.syn_score >= tau) if tau is not None else np.array([], dtype=np.int64)
+    check = np.union1d(sample, tail).astype(np.int64)
+    exact_sim = s.index.exact(vectors[check], k=1).similarities[:, 0].astype(np.float64)
+    same = np.abs(exact_sim - s.syn_similarity[check]) <= _SAME_SIMILARITY
+    exact_score = exact_sim
+    if s.reference is not None:
+        exact_ref = knn(vectors[check], s.reference, k=1).similarities[:, 0].astype(np.float64)
+        exact_score = score_against(exact_sim, exact_ref, s.kind)
+        assert s.syn_reference is not None
+        same &= np.abs(exact_ref - s.syn_reference[check]) <= _SAME_SIMILARITY
+    if tau is None:
+        exact_tail = approx_tail = np.zeros(len(check), dtype=bool)
+    else:
+        exact_tail = exact_score >= tau
+        approx_tail = s.syn_score[check] >= tau
+    # The same pair found (to float32 rounding) counts as found even where rounding puts one
+    # score on the other side of the tail's edge.
+    found = exact_tail & (approx_tail | same)
+    spurious = approx_tail & ~exact_tail & ~same
+    in_sample = np.isin(check, sample)
+    return SearchAgreement(
+        embedder=s.spec,
+        tail_score=tau,
+        n_sampled=len(sample),
+        n_tail_checked=len(tail),
+        n_exact_tail=int(exact_tail.sum()),
+        n_found=int(found.sum()),
+        n_spurious=int(spurious.sum()),
+        sampled_top1_agreement=float(same[in_sample].mean()) if in_sample.any() else None,
+    )
+
+
+def _search_record(ctx: AuditContext, spaces: list[_Space], options: CopiesOptions, cut: float | None, warnings: list[str]) -> SearchRecord:
+    """What index was used and, when approximate, its measured agreement (warning when short)."""
+    approx = [s for s in spaces if s.index is not None]
+    n = len(ctx.train)
+    if not approx:
+        return SearchRecord("exact", options.index, n, options.approximate_from, None, None, None, None, ())
+    info = approx[0].index.info  # type: ignore[union-attr]
+    agreement = tuple(_agreement(ctx, s, options, cut) for s in approx)
+    for a in agreement:
+        if a.n_found < a.n_exact_tail:
+            warnings.append(
+                f"Approximate search ({info.index.upper()}, {info.nlist} lists, {info.nprobe} scanned per image) missed "
+                f"{a.n_exact_tail - a.n_found} of the {a.n_exact_tail} synthetic images that exact search puts at or above the "
+                f"copy threshold in the {a.embedder} space, among the {a.n_sampled} sampled and {a.n_tail_checked} tail images "
+                "checked: copies may have been missed. Rerun with copies.index = \"exact\"."
+            )
+        if a.n_spurious:
+            warnings.append(
+                f"Approximate search put {a.n_spurious} synthetic image(s) at or above the copy threshold in the {a.embedder} "
+                "space that exact search does not. Rerun with copies.index = \"exact\"."
+            )
+    return SearchRecord(info.index, options.index, n, options.approximate_from, info.nlist, info.nprobe, info.train_points, info.kmeans_iterations, agreement)
 
 
 #: Cosine distances below this count as 0 in the ratio score (float32 embeddings resolve ~1e-7).
