@@ -20,13 +20,14 @@ from typing import Any
 from privaudit._util import dumps_json, to_jsonable
 from privaudit._version import __version__
 from privaudit.checks.base import CheckResult
+from privaudit.cluster import ClusterInfo
 from privaudit.data.imageset import InputSummary
 from privaudit.embed.base import EmbedderInfo
 from privaudit.errors import InputError
 from privaudit.patients import PatientRow
 from privaudit.policy import Verdict
 
-SCHEMA_VERSION = "2.0.0"  # 2.0: the copies rewrite removed copies.excess_flag_rate and copies.embedder; adds metadata, quality, membership, reid, patients, run
+SCHEMA_VERSION = "2.1.0"  # 2.1: run.cluster (optional). 2.0: the copies rewrite removed copies.excess_flag_rate and copies.embedder; adds metadata, quality, membership, reid, patients, run
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class RunInfo:
 
     cache_dir: str | None
     embedded: Mapping[str, EmbeddingCount]
+    cluster: ClusterInfo | None = None
 
 
 @dataclass(frozen=True)

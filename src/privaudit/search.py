@@ -17,6 +17,10 @@ from privaudit.errors import InputError
 #: smaller chunks cost little (FAISS blocks the product itself), larger ones save nothing.
 DEFAULT_CHUNK_SIZE = 4096
 
+#: The cluster that :func:`knn` hands its searches to while one is active
+#: (:meth:`privaudit.cluster.ClusterBackend.activate`); ``None``: search in this process.
+_remote = None
+
 
 @dataclass(frozen=True)
 class Neighbors:
@@ -89,6 +93,8 @@ def knn(
     q, b = _validate(queries, base, k)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1; got {chunk_size}")
+    if _remote is not None:
+        return _remote.knn(q, b, k=k, chunk_size=chunk_size)
     index = faiss.IndexFlatIP(b.shape[1])
     index.add(b)
     sims = np.empty((q.shape[0], k), dtype=np.float32)
