@@ -267,12 +267,15 @@ def test_a_whole_audit_on_the_cluster_gives_the_in_process_results(backend, smal
     run = got["cluster"]["run"]["cluster"]
     embedded = got["cluster"]["run"]["embedded"]  # per space: from the cache / embedded afresh
     assert run["address"] == "local" and run["workers"] == 2
-    # Every image not found in the (fresh) cache was embedded on the cluster, in both spaces;
-    # the exact copies in the leaky set are the cache hits.
+    # Every copydetect image not found in the (fresh) cache was embedded on the cluster (the
+    # exact copies in the leaky set are the cache hits); pixels embeds here (offload = False).
     assert set(embedded) == {"pixels", "copydetect"} and all(e["embedded"] > 300 for e in embedded.values())
-    assert run["images_embedded"] == sum(e["embedded"] for e in embedded.values())
+    assert run["images_embedded"] == embedded["copydetect"]["embedded"]
     assert run["searches"] >= 4 and got["local"]["run"]["cluster"] is None
     assert got["cluster"]["config"] == got["local"]["config"]
+    html = (tmp_path / "cluster" / "report.html").read_text()
+    assert f"{run['images_embedded']} images embedded and {run['searches']} exact kNN searches ran there" in html
+    assert "exact kNN searches ran there" not in (tmp_path / "local" / "report.html").read_text()
     cluster_figures, local_figures = dict(_figures(got["cluster"])), dict(_figures(got["local"]))
     assert cluster_figures.keys() == local_figures.keys()
     differing = []

@@ -20,8 +20,9 @@ every exact kNN pass with N². This module runs both on an existing engine, `Ray
   with three equal rows FAISS keeps the higher indices at one k and the lower ones at another),
   so it can differ from the in-process search there; the similarities never do.
 
-What stays on the driver: reading and decoding images, fitting learned embedders, the
-embedding cache, the checks' statistics, the quality check's PRDC radii
+What stays on the driver: reading and decoding images, fitting learned embedders, embedders
+that cost less than shipping their input (``pixels``: ``Embedder.offload``), the embedding
+cache, the checks' statistics, the quality check's PRDC radii
 (:func:`privaudit.metrics.knn_radii_sq`), the policy and the report.
 
 :class:`ClusterBackend` connects (``ray.init(address=...)``) or starts a local instance
@@ -169,6 +170,8 @@ class ClusterBackend:
         self.workers = 0
         self.searches = 0
         self.images_embedded = 0
+        #: query x base pairs compared on the cluster (for the scale benchmark's estimates)
+        self.pairs = 0
 
     # ------------------------------------------------------------------ connection
 
@@ -263,6 +266,7 @@ class ClusterBackend:
         """:func:`knn_on_cluster` with one shard per worker (or ``shards``)."""
         found = knn_on_cluster(queries, base, k=k, n_shards=self.shards or self.workers, chunk_size=chunk_size, workers=self.workers)
         self.searches += 1
+        self.pairs += int(queries.shape[0]) * int(base.shape[0])
         return found
 
 

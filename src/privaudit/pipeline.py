@@ -191,7 +191,8 @@ def _embed(spec: str, sets: Mapping[str, ImageSet | None], config: AuditConfig, 
     if embedder.requires_fit:
         embedder.fit(sets["train"], seed=config.seed, cache=cache)  # type: ignore[arg-type]
     fingerprint = embedder.fingerprint()
-    remote = cluster.active()  # with --cluster, embedding runs there (fitting stays here)
+    # With --cluster, embedding runs there (fitting stays here), unless shipping the images costs more.
+    remote = cluster.active() if embedder.offload else None
 
     def compute(images: list) -> object:
         if remote is not None:

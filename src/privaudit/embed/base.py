@@ -120,6 +120,9 @@ class Embedder(ABC):
     #: It is a property of the space (a re-encoded or re-scaled image stays above it; two scans
     #: stay below it) and is used only to clean the null of the copies check.
     near_duplicate_similarity: ClassVar[float] = 0.99
+    #: Whether ``--cluster`` sends this embedder's work to the cluster. ``False`` for embedders
+    #: that cost less to run here than their input costs to ship (``pixels``).
+    offload: ClassVar[bool] = True
 
     preprocessing: Preprocessing
     dim: int
