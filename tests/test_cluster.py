@@ -77,6 +77,28 @@ def test_without_ray_the_backend_names_the_extra(monkeypatch):
         ClusterBackend("local:1").start()
 
 
+def test_an_address_nothing_answers_on_is_refused_in_one_line_not_a_hang():
+    import socket
+    import time
+
+    from privaudit.cluster import check_reachable
+
+    with socket.socket() as probe:  # a localhost port that was free a moment ago: refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    t0 = time.perf_counter()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ConfigError, match=f"--cluster 127.0.0.1: nothing answers at port {port}"):
+            check_reachable(address)
+    assert time.perf_counter() - t0 < 5
+    check_reachable("local:2")  # left to Ray
+    check_reachable("auto")
+    with socket.socket() as server:  # something listening: accepted
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
+
+
 @pytest.mark.parametrize("n, shards", [(10, 3), (7, 7), (3, 5), (1000, 6)])
 def test_shards_cover_every_row_once_and_differ_by_at_most_one(n, shards):
     bounds = shard_bounds(n, shards)

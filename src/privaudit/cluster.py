@@ -131,6 +131,44 @@ def redact_address(text: str) -> str:
     return parts.hostname or "unknown"
 
 
+#: Seconds to wait for a TCP connection to a cluster's address before ``ray.init``.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(text: str, *, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, in one line, a cluster address nothing answers on.
+
+    ``ray.init`` waits minutes for a head node that is not there (measured: still waiting after
+    150 s for ``127.0.0.1:1``), so a mistyped ``--cluster`` would look like a hang. A plain
+    TCP connection to the address's host and port settles it within ``timeout`` seconds.
+    ``local`` and ``auto`` (and an address without a port) are left to Ray.
+
+    Raises:
+        ConfigError: nothing accepts a connection at the address.
+    """
+    import socket
+
+    address, _ = parse_address(text)
+    if address in (LOCAL, "auto"):
+        return
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise ConfigError(f"--cluster {redact_address(text)}: the port is not a number") from None
+    if not host or port is None:
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"--cluster {redact_address(text)}: nothing answers at port {port} ({reason}); check the address "
+            "of the Ray head node (ray://HOST:10001 for Ray Client, HOST:6379 from a node of the cluster)"
+        ) from None
+
+
 def import_ray() -> Any:
     """``ray`` with Ray Data, or a :class:`MissingDependencyError` naming the ``[cluster]`` extra."""
     try:
@@ -188,6 +226,7 @@ class ClusterBackend:
                 if self.temp_dir is not None:
                     options["_temp_dir"] = self.temp_dir
             else:
+                check_reachable(self._spec)
                 options["address"] = self.address
             # ray.init installs a SIGTERM handler that exits at once; privaudit's own handler
             # turns SIGTERM into a clean interruption (nothing half-written), so it is put back.
