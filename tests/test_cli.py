@@ -34,6 +34,9 @@ CASES = [
     ("out-not-empty", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--out", "{tmp}/full"], 2, "is not empty; choose a new folder, or pass --force"),
     ("overlap", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--holdout", "{train}", "--out", "{tmp}/o"], 2, "--holdout shares 30 patient(s) with --train"),
     ("dicom-no-pydicom", ["audit", "--train", "{tmp}/dicoms", "--synthetic", "{leaky}", "--out", "{tmp}/o"], 3, "pip install 'privaudit[dicom]'"),
+    ("cluster-no-ray", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--out", "{tmp}/o", "--cluster", "local"], 3, "--cluster needs the 'ray' package, which is not installed: pip install 'privaudit[cluster]'"),
+    ("cluster-unreachable", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--out", "{tmp}/o", "--cluster", "127.0.0.1:1"], 2, "--cluster 127.0.0.1: nothing answers at port 1"),
+    ("cluster-bad-local", ["audit", "--train", "{train}", "--synthetic", "{leaky}", "--out", "{tmp}/o", "--cluster", "local:0"], 2, "expected 'local:N' with N a positive number"),
     ("gate-missing-results", ["gate", "{tmp}/none.json"], 2, "none.json not found"),
     ("gate-no-args", ["gate"], 2, "the following arguments are required: RESULTS.json"),
     ("report-missing-results", ["report", "{tmp}/none.json"], 2, "not found"),
@@ -61,6 +64,10 @@ def fill(study_files, tmp_path, monkeypatch):
     def _fill(argv: list[str], case_id: str) -> list[str]:
         if case_id == "dicom-no-pydicom":
             monkeypatch.setitem(sys.modules, "pydicom", None)
+        if case_id == "cluster-no-ray":  # the core install: the [cluster] extra is absent
+            monkeypatch.setitem(sys.modules, "ray", None)
+        if case_id == "cluster-unreachable":  # needs the [cluster] extra (without it: exit 3)
+            pytest.importorskip("ray")
         return [a.format(**names) for a in argv]
 
     return _fill

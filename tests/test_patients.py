@@ -72,7 +72,7 @@ def test_the_view_names_the_copied_and_linked_patients(audited):
 def test_results_validate_and_the_report_shows_both_checks_and_the_view(audited):
     result, copied, root = audited
     data = load_results(root / "full" / "results.json")  # schema-valid
-    assert data["schema_version"] == "2.1.0" and len(data["patients"]) >= 10
+    assert data["schema_version"].startswith("2.") and len(data["patients"]) >= 10
     m, r = data["checks"]["membership"], data["checks"]["reid"]
     assert m["status"] == "assessed" and m["threat_model"].startswith("The attacker holds")
     assert r["status"] == "assessed" and r["power"]["verification_auc"] > 0.95

@@ -11,7 +11,7 @@ import pytest
 
 from privaudit.config import AuditConfig
 from privaudit.pipeline import audit
-from privaudit.results import results_schema
+from privaudit.results import SCHEMA_VERSION, results_schema
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,8 @@ def test_new_fields_validate_and_are_present(validator, leaky_result, study, tmp
     from privaudit.waivers import Waivers, worksheet_text
 
     data = json.loads(leaky_result.to_json())
-    assert data["schema_version"] == "2.1.0" and data["pseudonymised"] is False and "run" in data
+    assert data["schema_version"] == SCHEMA_VERSION and data["pseudonymised"] is False and "run" in data
+    assert data["run"]["cluster"] is None  # in-process: no cluster (2.1)
     hist = data["checks"]["copies"]["histogram"]
     assert len(hist["edges"]) == len(hist["synthetic"]) + 1 == len(hist["null"]) + 1
     assert sum(hist["synthetic"]) == data["checks"]["copies"]["n_synthetic"]
@@ -170,6 +171,7 @@ def test_a_results_file_without_the_optional_fields_still_loads(leaky_result, tm
     data["schema_version"] = "2.0.0"
     for key in ("pseudonymised",):
         data.pop(key)
+    data["run"].pop("cluster")  # added in 2.1
     data["checks"]["copies"].pop("histogram")
     data["checks"]["copies"].pop("search")  # added in 2.1
     for r in data["verdict"]["reasons"]:

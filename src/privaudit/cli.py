@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest share of undecodable files per input before it is refused (default: 0.05)",
     )
     _cache_options(a)
+    a.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="embed and run the exact kNN searches on a Ray cluster: 'local' (a local instance), 'local:N' "
+        "(N worker CPUs) or a Ray address such as ray://HOST:10001 (needs pip install 'privaudit[cluster]'; "
+        "default: everything in this process)",
+    )
     a.add_argument("--out", default="privaudit-out", metavar="DIR", help="output folder (default: privaudit-out)")
     a.add_argument("--force", action="store_true", help="write into a non-empty --out (replaces only results.json and report.html)")
     a.add_argument(
@@ -403,8 +410,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         overrides["max_skipped"] = args.max_skipped
     if args.device != "cpu":
         overrides["device"] = args.device
-    if overrides:
-        config = config.replace(**overrides)
+    if args.cluster is not None:
+        overrides["cluster"] = args.cluster
     if overrides:
         config = config.replace(**overrides)
     from privaudit.waivers import Waivers

@@ -131,6 +131,10 @@ class AuditConfig:
         check_options: per-check options objects, keyed by check name; missing ones default.
         embedder_options: per-embedder options objects, keyed by embedder name (the
             ``[embedder_options.<name>]`` tables of a config file); missing ones default.
+        cluster: run embedding and exact kNN on a Ray cluster (:mod:`privaudit.cluster`):
+            ``"local"``, ``"local:N"`` or a Ray address; ``None`` (the default) runs in this
+            process. It changes no figure, so ``results.json`` records it under ``run``, not
+            in ``config``.
 
     Example:
         >>> cfg = AuditConfig.from_dict({"seed": 3, "copies": {"alpha": 0.05}})
@@ -151,6 +155,7 @@ class AuditConfig:
     device: str = "cpu"
     check_options: Mapping[str, Any] = field(default_factory=dict)
     embedder_options: Mapping[str, Any] = field(default_factory=dict)
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         from privaudit.checks import CHECKS
@@ -181,6 +186,12 @@ class AuditConfig:
 
             if not torch.cuda.is_available():
                 raise ConfigError(f"device {self.device!r} was asked for, but CUDA is not available here; use --device cpu")
+        if self.cluster is not None:
+            from privaudit.cluster import parse_address
+
+            parse_address(self.cluster)
+            if self.device != "cpu":
+                raise ConfigError(f"--cluster embeds on the cluster's CPU workers; --device {self.device} cannot be combined with it")
         if self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer; got {self.seed}")
         for name, options in self.check_options.items():
@@ -245,7 +256,7 @@ class AuditConfig:
 
         from privaudit.embed import EMBEDDERS, parse_spec
 
-        skip = {"check_options", "embedder_options"}
+        skip = {"check_options", "embedder_options", "cluster"}  # cluster: recorded under run
         out: dict[str, Any] = {f.name: to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
         out["check_options"] = {name: to_jsonable(self.options_for(name)) for name in self.checks}
         out["embedder_options"] = {}

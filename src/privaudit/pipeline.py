@@ -15,6 +15,7 @@ from pathlib import Path
 
 from privaudit._util import replace_all, stage_bytes, to_jsonable
 from privaudit._version import __version__
+from privaudit import cluster
 from privaudit.checks.base import CHECKS, AuditContext, CheckResult, CheckStatus, EmbeddedSets, Metric
 from privaudit.config import AuditConfig
 from privaudit.data.imageset import ImageSet
@@ -36,6 +37,7 @@ ImageSource = ImageSet | str | os.PathLike[str]
 OUTPUT_FILES = ("results.json", "report.html")
 
 
+@cluster.runs_on_cluster
 def audit(
     train: ImageSource,
     synthetic: ImageSource,
@@ -153,6 +155,7 @@ def audit(
             peak_scope=clock.peak_scope,
             seconds=clock.total_seconds,
             peak_rss_mb=clock.process_peak_mib(),
+            cluster=None if cluster.active() is None else cluster.active().info(),  # type: ignore[union-attr]
         ),
     )
     if out_dir is not None:
@@ -203,8 +206,12 @@ def _embed(spec: str, sets: Mapping[str, ImageSet | None], config: AuditConfig, 
     if embedder.requires_fit:
         embedder.fit(sets["train"], seed=config.seed, cache=cache)  # type: ignore[arg-type]
     fingerprint = embedder.fingerprint()
+    # With --cluster, embedding runs there (fitting stays here), unless shipping the images costs more.
+    remote = cluster.active() if embedder.offload else None
 
     def compute(images: list) -> object:
+        if remote is not None:
+            return remote.embed(embedder, images, batch_size=config.batch_size)
         return embedder.embed(images, batch_size=config.batch_size)
 
     vectors = {}
@@ -215,7 +222,8 @@ def _embed(spec: str, sets: Mapping[str, ImageSet | None], config: AuditConfig, 
         if cache is None:
             vectors[role] = compute(list(images.images))
         else:
-            vectors[role] = cache.embed(fingerprint, images.pixel_digests, images.images, embedder.dim, compute, label=spec)
+            shards = {} if remote is None else {"shard_size": remote.embed_shard_size}
+            vectors[role] = cache.embed(fingerprint, images.pixel_digests, images.images, embedder.dim, compute, label=spec, **shards)
     return EmbeddedSets(
         info=embedder.info(),
         near_duplicate_similarity=embedder.near_duplicate_similarity,

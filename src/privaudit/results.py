@@ -20,6 +20,7 @@ from typing import Any
 from privaudit._util import dumps_json, to_jsonable
 from privaudit._version import __version__
 from privaudit.checks.base import CheckResult
+from privaudit.cluster import ClusterInfo
 from privaudit.data.imageset import InputSummary
 from privaudit.embed.base import EmbedderInfo
 from privaudit.errors import InputError
@@ -27,7 +28,7 @@ from privaudit.patients import PatientRow
 from privaudit.policy import Verdict
 from privaudit.stages import StageTiming
 
-SCHEMA_VERSION = "2.1.0"  # 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope, copies.search (index and its measured agreement)
+SCHEMA_VERSION = "2.1.0"  # 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope, run.cluster, copies.search (index and its measured agreement)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RunInfo:
     peak_scope: str | None = None
     seconds: float | None = None
     peak_rss_mb: float | None = None
+    cluster: ClusterInfo | None = None
 
 
 @dataclass(frozen=True)

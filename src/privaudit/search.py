@@ -58,6 +58,10 @@ IVF_KMEANS_ITERATIONS = 10
 IndexKind = Literal["auto", "exact", "ivf"]
 INDEX_KINDS: tuple[str, ...] = ("auto", "exact", "ivf")
 
+#: The cluster that :func:`knn` hands its searches to while one is active
+#: (:meth:`privaudit.cluster.ClusterBackend.activate`); ``None``: search in this process.
+_remote = None
+
 
 @dataclass(frozen=True)
 class Neighbors:
@@ -294,6 +298,8 @@ def knn(
     q, b = _validate(queries, base, k)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1; got {chunk_size}")
+    if _remote is not None and (index == "exact" or (index == "auto" and b.shape[0] < approximate_from)):
+        return _remote.knn(q, b, k=k, chunk_size=chunk_size)  # exact search, sharded on the cluster
     return SearchIndex(b, index=index, approximate_from=approximate_from, seed=seed).search(q, k=k, chunk_size=chunk_size)
 
 

@@ -124,6 +124,9 @@ class Embedder(ABC):
     #: its input size grow with the batch (EfficientNet-Lite0 at 224 px held 4.6 GB for 256
     #: images), its throughput on a CPU does not. ``None``: no cap.
     max_batch: ClassVar[int | None] = None
+    #: Whether ``--cluster`` sends this embedder's work to the cluster. ``False`` for embedders
+    #: that cost less to run here than their input costs to ship (``pixels``).
+    offload: ClassVar[bool] = True
 
     preprocessing: Preprocessing
     dim: int

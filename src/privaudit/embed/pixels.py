@@ -26,6 +26,10 @@ class PixelsEmbedder(Embedder):
     near_duplicate_similarity = 0.99
     preprocessing = Preprocessing(size=(32, 32), channels=1, mean=(0.0,), std=(1.0,))
     dim = 32 * 32
+    # Resizing and centring cost less than shipping the pixels to a Ray cluster: measured with
+    # benchmarks/cluster_scale.py, 64 px images went 15 to 27x slower through Ray Data on one worker
+    # than in this process (two runs). So with --cluster, pixels still embeds here.
+    offload = False
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         flat = batch.reshape(batch.shape[0], -1)
