@@ -193,6 +193,26 @@ def test_eps1_generator_beats_noise_on_fid(mem_sweep, dp_study):
 
 
 @pytest.mark.slow
+def test_eps1_quality_floor_holds_over_seeds(dp_study, tmp_path):
+    """The quality floor over seeds (seed 0 is the fixture's): the ε = 1 generator's samples are
+    closer to real images than uniform noise is, by FID against the same holdout, with a stated
+    margin of 10 %. Measured FID(ε = 1) / FID(noise): 0.67 (seed 0), 0.81 (seed 1), 0.70 (seed 2);
+    a single seed's 0.8 margin (the fixture test) does not hold for every seed."""
+    from privaudit.pipeline import audit
+
+    rng = np.random.default_rng(0)
+    noise = ImageSet.from_arrays(rng.random((100, 32, 32)).astype(np.float32))
+    ratios = []
+    for seed in (1, 2):
+        cfg = SweepConfig(epsilons=(1.0,), train=TrainOptions(epochs=300, batch_size=16), canaries=0, n_synthetic=100, audit=CHEAP, seed=seed)
+        result = dp_sweep(dp_study.train, dp_study.holdout, config=cfg, out=tmp_path / f"s{seed}")
+        data = prepare(dp_study.train, dp_study.holdout, cfg)
+        fid_noise = audit(data.train_used, noise, data.holdout, config=CHEAP, cache=False).checks["quality"].metrics["fid_distance"].value
+        ratios.append(_point(result, "eps_1")["metrics"]["quality.fid_distance"]["value"] / fid_noise)
+    assert max(ratios) < 0.9, ratios
+
+
+@pytest.mark.slow
 def test_empirical_bound_positive_at_inf_and_below_accountant_elsewhere(mem_sweep):
     result, _ = mem_sweep
     inf, one = _point(result, "eps_inf"), _point(result, "eps_1")

@@ -131,8 +131,10 @@ def test_pseudonymise_catches_ids_in_free_text_and_is_idempotent():
         "warnings": ["holdout image scan_MRN123.png duplicates a training image"],
         "checks": {"c": {"flagged": [{"image_id": "scan_MRN123.png", "other_ids": ["ab", "cdef1"], "patient_id": "P77"}]}},
         "verdict": {"policy_source": "/home/dr.smith/policies/strict.toml", "review": {"source": "C:\\\\users\\\\smith\\\\w.toml"}},
+        "run": {"cache_dir": "/home/dr.smith/.cache/privaudit", "cluster": {"address": "ray-head.radiology.example-hospital.org", "workers": 8}},
     }
     out = pseudonymise(data)
+    assert out["run"] == {"cache_dir": "(withheld)", "cluster": {"address": "(withheld)", "workers": 8}}
     text = json.dumps(out)
     for secret in ("MRN4711", "MRN0042", "MRN123", "cdef1", "P77", "dr.smith", "users"):
         assert secret not in text, secret
@@ -158,6 +160,7 @@ def test_every_identifier_field_in_the_schema_is_named_for_pseudonymisation():
         "warnings": "free text: searched for originals",
         "notes": "free text: searched for originals",
         "cache_dir": "a local path: withheld",
+        "address": "run.cluster: the cluster's host: withheld",
     }
     strings = set()
 
@@ -191,6 +194,7 @@ def test_every_identifier_field_in_the_schema_is_named_for_pseudonymisation():
         "classes", "label",  # class labels (e.g. a diagnosis): needed to read CAS, not patient identifiers
         "threat_model", "probe_note",  # fixed sentences privaudit writes (membership, reid)
         "worst_embedder",  # an embedder spec, as "embedder"
+        "ray_version",  # run.cluster: Ray's version
     }
     unnamed = sorted(k for k in strings if not k.endswith(("_id", "_ids")) and k not in reviewed and k not in safe)
     assert unnamed == [], f"string fields that may hold identifiers: {unnamed}"

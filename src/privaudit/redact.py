@@ -81,6 +81,9 @@ def pseudonymise(results: dict[str, Any]) -> dict[str, Any]:
     run = out.get("run")
     if isinstance(run, dict) and run.get("cache_dir"):
         run["cache_dir"] = "(withheld)"  # a local path, often with a user name in it
+    cluster = run.get("cluster") if isinstance(run, dict) else None
+    if isinstance(cluster, dict) and cluster.get("address"):
+        cluster["address"] = "(withheld)"  # a host name of the site's network
     verdict = out.get("verdict", {})
     if isinstance(verdict, dict):
         if isinstance(verdict.get("policy_source"), str) and verdict["policy_source"] != "default":
