@@ -866,11 +866,12 @@ def combined_pvalues(syn_scores: list[np.ndarray], null_scores: list[np.ndarray]
     # not. Those with b == a: counted unless the test image raises them, i.e. counted when in
     # some space where their rank is b the test image scores below them.
     count = 1 + np.searchsorted(b_sorted, a, side="left")  # the test image itself, and b < a
-    for value in np.unique(a):
-        ties = np.flatnonzero(b == value)
-        if ties.size == 0:
-            continue
-        tests = np.flatnonzero(a == value)
+    order_b = np.argsort(b, kind="stable")
+    order_a = np.argsort(a, kind="stable")
+    a_sorted = a[order_a]
+    for value in np.intersect1d(a, b):  # grid values shared by test images and null images
+        ties = order_b[np.searchsorted(b_sorted, value, side="left") : np.searchsorted(b_sorted, value, side="right")]
+        tests = order_a[np.searchsorted(a_sorted, value, side="left") : np.searchsorted(a_sorted, value, side="right")]
         at_min = ranks[:, ties] == value  # (S, T): spaces where the tie's rank is its minimum
         below = syn[:, tests][:, :, None] < null[:, ties][:, None, :]  # (S, tests, T)
         count[tests] += np.any(below & at_min[:, None, :], axis=0).sum(axis=1)
