@@ -22,11 +22,9 @@ def curve_series(data: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 def render_dp_html(data: Mapping[str, Any]) -> str:
     """Render ``dp_report.html`` from the ``dp_results.json`` content."""
-    import jinja2
-
     from privaudit.checks.base import metric_catalog
     from privaudit.reports import charts
-    from privaudit.reports.html import _fmt
+    from privaudit.reports.html import template_env
 
     catalog = metric_catalog()
     figures = []
@@ -48,12 +46,4 @@ def render_dp_html(data: Mapping[str, Any]) -> str:
                 "points": [{"x": math.inf if p["epsilon"] is None else p["epsilon"], "y": p["empirical"]["epsilon_lb"]} for p in emp],
             })
         eps_chart = charts.tradeoff_curve(series, ylabel="ε per image")
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("privaudit", "reports/templates"),
-        autoescape=jinja2.select_autoescape(["html", "j2"]),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["fmt"] = _fmt
-    return env.get_template("dp_report.html.j2").render(r=data, figures=figures, eps_chart=eps_chart)
+    return template_env().get_template("dp_report.html.j2").render(r=data, figures=figures, eps_chart=eps_chart)

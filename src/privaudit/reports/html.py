@@ -80,7 +80,8 @@ def render_html(
     return html
 
 
-def _render(data: dict[str, Any], thumbs: _Thumbnails, charts: _CachedCharts, notes: Mapping[str, str], no_images: bool) -> str:
+def template_env() -> Any:
+    """The jinja2 environment of privaudit's HTML reports (autoescaped, strict, the ``fmt`` filter)."""
     import jinja2
 
     env = jinja2.Environment(
@@ -91,6 +92,11 @@ def _render(data: dict[str, Any], thumbs: _Thumbnails, charts: _CachedCharts, no
         lstrip_blocks=True,
     )
     env.filters["fmt"] = _fmt
+    return env
+
+
+def _render(data: dict[str, Any], thumbs: _Thumbnails, charts: _CachedCharts, notes: Mapping[str, str], no_images: bool) -> str:
+    env = template_env()
     env.filters["pct"] = _pct
     env.globals.update(charts=charts, thumb=thumbs.get, diff_thumb=thumbs.diff, max_pairs=MAX_PAIRS_SHOWN, max_skipped=MAX_SKIPPED_SHOWN)
     template = env.get_template("report.html.j2")
