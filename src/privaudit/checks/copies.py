@@ -858,15 +858,16 @@ def combined_pvalues(syn_scores: list[np.ndarray], null_scores: list[np.ndarray]
     n = null.shape[1]
     # Ranks in grid units of 1 / (n + 1): r[s, i] = #{j: null_sj >= null_si} (itself included);
     # a[s, t] = 1 + #{j: null_sj >= syn_st}.
-    ranks = np.stack([n - np.searchsorted(np.sort(v), v, side="left") for v in null])
-    a = np.min(np.stack([1 + n - np.searchsorted(np.sort(v), sy, side="left") for v, sy in zip(null, syn)]), axis=0)
+    null_sorted = np.sort(null, axis=1)
+    ranks = np.stack([n - np.searchsorted(v, x, side="left") for v, x in zip(null_sorted, null)])
+    a = np.min(np.stack([1 + n - np.searchsorted(v, sy, side="left") for v, sy in zip(null_sorted, syn)]), axis=0)
     b = ranks.min(axis=0)  # the null's statistics without the test image
-    b_sorted = np.sort(b)
+    order_b = np.argsort(b, kind="stable")
+    b_sorted = b[order_b]
     # Null images with b < a have an exact statistic <= b + 1 <= a: counted. Those with b > a:
     # not. Those with b == a: counted unless the test image raises them, i.e. counted when in
     # some space where their rank is b the test image scores below them.
     count = 1 + np.searchsorted(b_sorted, a, side="left")  # the test image itself, and b < a
-    order_b = np.argsort(b, kind="stable")
     order_a = np.argsort(a, kind="stable")
     a_sorted = a[order_a]
     for value in np.intersect1d(a, b):  # grid values shared by test images and null images

@@ -221,9 +221,10 @@ class MetadataCheck(Check):
                 key=lambda f: (-f.n_matching_training, -f.n_files, f.field),
             )
         )
+        compared = train.files is not None and bool(train_headers)
         ident = _rate(n_identifying, n_read, syn_bad)
-        match = _rate(n_matching, n_read, syn_bad) if train.files is not None and train_headers else Metric(None, n_read + syn_bad)
-        if syn_bad and (ident.value is None or (match.value is None and train.files is not None and train_headers)):
+        match = _rate(n_matching, n_read, syn_bad) if compared else Metric(None, n_read + syn_bad)
+        if syn_bad and (ident.value is None or (compared and match.value is None)):
             warnings.append(
                 f"nothing was found in the {n_read} readable headers, but {syn_bad} unreadable one(s) could hold "
                 "identifiers: the rates with no finding are not assessed (re-export or strip those files' headers "
