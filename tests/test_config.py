@@ -28,7 +28,7 @@ def test_defaults_and_round_trip(tmp_path):
             "metadata": {"placeholders": list(DEFAULT_PLACEHOLDERS)},
             "quality": {
                 "embedder": None, "k": 5, "kid_subsets": 100, "kid_subset_size": 1000,
-                "fid_bootstrap": 20, "cas_classifier": "linear", "cas_bootstrap": 1000,
+                "fid_groups": 20, "max_compared": 20000, "cas_classifier": "linear", "cas_bootstrap": 1000,
             },
         },
         "embedder_options": {

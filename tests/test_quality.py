@@ -125,6 +125,22 @@ def test_sizes_are_matched_and_the_subsample_is_seeded(study):
     assert other.figures != q.figures
 
 
+def test_max_compared_caps_every_side_and_says_so(study):
+    cap = 40
+    assert min(len(study.train), len(study.clean), len(study.holdout)) > cap
+    config = AuditConfig.from_dict({"checks": ["quality"], "quality": {"max_compared": cap, "fid_groups": 5}})
+    q = audit(study.train, study.clean, study.holdout, config=config).checks["quality"]
+    assert (q.n_compared, q.n_holdout_compared, q.n_holdout) == (cap, cap, len(study.holdout))
+    assert all(f.n == cap for f in q.figures)
+    assert q.cas.n_test == cap and q.cas.n_train_synthetic == cap and q.cas.n_train_real == cap
+    assert q.cas.n_test_groups < cap  # the holdout subset keeps its patient ids for the CAS intervals
+    assert any(f"At most {cap} images per side" in w and f"{cap} of the {len(study.holdout)} holdout images" in w for w in q.warnings)
+    fid_fig = next(f for f in q.figures if f.metric == "fid_distance")
+    assert "5 groups" in fid_fig.uncertainty and fid_fig.synthetic.ci_low < fid_fig.synthetic.value < fid_fig.synthetic.ci_high
+    with pytest.raises(ConfigError, match="max_compared must be 0 \\(all images\\) or more than k = 5"):
+        AuditConfig.from_dict({"quality": {"max_compared": 5}})
+
+
 def test_options_embedder_spaces_and_validation():
     from privaudit.checks import CHECKS
     from privaudit.checks.quality import QualityOptions
@@ -138,8 +154,8 @@ def test_options_embedder_spaces_and_validation():
         ({"embedder": "pixel"}, "unknown embedder 'pixel' \\(did you mean 'pixels'\\?\\)"),
         ({"k": 0}, "quality.k must be an integer of at least 1"),
         ({"cas_classifier": "svm"}, "expected one of 'linear', 'cnn'"),
-        ({"fid_bootstrap": -1}, "quality.fid_bootstrap must be an integer of at least 0"),
-        ({"fid_bootstrap": 1}, "must be 0 \\(no interval\\) or at least 2"),
+        ({"fid_groups": -1}, "quality.fid_groups must be an integer of at least 0"),
+        ({"fid_groups": 1}, "must be 0 \\(no interval\\) or at least 2"),
         ({"kid_subset": 10}, "unknown key 'kid_subset' \\(did you mean 'kid_subsets'\\?\\)"),
     ]:
         with pytest.raises(ConfigError, match=message):
@@ -223,7 +239,7 @@ def test_cli_runs_quality_alone_with_a_config_file(study_files, tmp_path, capsys
     from privaudit.cli import main
 
     cfg = tmp_path / "q.toml"
-    cfg.write_text('checks = ["quality"]\n[quality]\nk = 3\nfid_bootstrap = 0\n')
+    cfg.write_text('checks = ["quality"]\n[quality]\nk = 3\nfid_groups = 0\n')
     argv = ["audit", "--train", str(study_files["train"]), "--synthetic", str(study_files["clean"]),
             "--holdout", str(study_files["holdout"]), "--config", str(cfg), "--out", str(tmp_path / "o")]
     # The default policy also gates on the copies check, which was not run: not assessed, fail.

@@ -28,7 +28,7 @@ from privaudit.patients import PatientRow
 from privaudit.policy import Verdict
 from privaudit.stages import StageTiming
 
-SCHEMA_VERSION = "2.1.0"  # 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope, run.cluster, copies.search (index and its measured agreement)
+SCHEMA_VERSION = "2.2.0"  # 2.2: quality.n_holdout_compared (quality.max_compared); 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope, run.cluster, copies.search (index and its measured agreement)
 
 
 @dataclass(frozen=True)
