@@ -373,11 +373,21 @@ def test_kid_subsets_and_both_computation_paths(monkeypatch):
     full = M.kid(x[:60], y, n_subsets=1, subset_size=60)
     assert full.mean == pytest.approx(M.mmd2_unbiased(x[:60], y), rel=1e-12) and full.std == 0.0
     gram = M.kid(x, y, n_subsets=20, subset_size=30, rng=1)
-    monkeypatch.setattr(M, "_KID_GRAM_MAX", 0)  # force the per-subset products
-    direct = M.kid(x, y, n_subsets=20, subset_size=30, rng=1)
-    np.testing.assert_allclose(gram.values, direct.values, rtol=1e-10)
     assert gram.subset_size == 30 and gram.n_real == 80 and gram.n_fake == 60
     assert M.kid(x, y, n_subsets=5, subset_size=1000).subset_size == 60  # capped at the smaller set
+    # The reference: mmd2_unbiased on each subset, drawn as kid() draws them.
+    gen = np.random.default_rng(1)
+    reference = [M.mmd2_unbiased(x[gen.choice(80, 30, replace=False)], y[gen.choice(60, 30, replace=False)]) for _ in range(20)]
+    np.testing.assert_allclose(gram.values, reference, rtol=1e-10)
+    monkeypatch.setattr(M, "_KID_BLOCK_MAX", 0)  # force the per-subset products
+    np.testing.assert_allclose(M.kid(x, y, n_subsets=20, subset_size=30, rng=1).values, reference, rtol=1e-10)
+    # Mixed: a small real set whole, the large fake set and the cross block per subset.
+    big = rng.normal(size=(400, 4)) + 0.3
+    monkeypatch.setattr(M, "_KID_BLOCK_MAX", 10_000)
+    mixed = M.kid(x[:50], big, n_subsets=5, subset_size=30, rng=2)
+    gen = np.random.default_rng(2)
+    reference = [M.mmd2_unbiased(x[:50][gen.choice(50, 30, replace=False)], big[gen.choice(400, 30, replace=False)]) for _ in range(5)]
+    np.testing.assert_allclose(mixed.values, reference, rtol=1e-10)
 
 
 def test_kid_separates_distributions_and_is_seeded():

@@ -54,9 +54,12 @@ from privaudit.errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: Up to this many rows in both sets together, KID computes the full kernel matrices once
-#: ((n1 + n2)² float64 values: 72 MB at 3,000) instead of three products per subset.
-_KID_GRAM_MAX = 3000
+#: KID computes a kernel block (real x real, fake x fake, real x fake) whole, once, when it has
+#: at most this many entries (256 MB of float64) and no more than the subsets would compute
+#: (``n_subsets x size²``); otherwise each subset computes its own part. A 2,000-image holdout
+#: against 10,000 synthetic images: real x real and real x fake whole, fake x fake per subset
+#: (measured 13.7 s per side before, all per subset, on a busy machine).
+_KID_BLOCK_MAX = 32_000_000
 #: Unit roundoff of float32.
 _U32 = 2.0**-24
 #: Extra candidates beyond the k + 1 needed for a radius, so that the exact float64 re-ranking
@@ -206,6 +209,7 @@ def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
     slower. Eigenvalues below zero by rounding are clipped to 0.
     """
     from scipy.linalg import LinAlgError, cholesky, eigh, eigvalsh
+    from scipy.linalg.blas import dtrmm
 
     # tr((S1 S2)^(1/2)) = tr((S2 S1)^(1/2)): factor whichever is positive definite.
     inner = None
@@ -215,7 +219,16 @@ def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
                 low = cholesky(a, lower=True, check_finite=False)
         except LinAlgError:
             continue
-        inner = low.T @ b @ low
+        try:
+            # Both definite: L^T S2 L = (R L)^T (R L) with S2 = R^T R, a triangular product and
+            # a symmetric one (numpy's syrk) where L^T S2 L takes two full products (measured
+            # 0.075 s against 0.13 s at d = 1,024: FID's jackknife computes 20 per side).
+            with _one_blas_thread():
+                up = cholesky(b, lower=False, check_finite=False)
+            m = dtrmm(1.0, up, low)  # R L (upper x lower)
+            inner = m.T @ m
+        except LinAlgError:
+            inner = low.T @ b @ low
         break
     if inner is None:
         with _one_blas_thread():
@@ -571,7 +584,14 @@ class KIDResult:
 def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """KID's kernel ``k(x, y) = (x·y / d + 1)^3`` between the rows of ``x`` and ``y`` (float64)."""
     d = x.shape[1]
-    return (np.asarray(x, dtype=np.float64) @ np.asarray(y, dtype=np.float64).T / d + 1.0) ** 3
+    xa = np.asarray(x, dtype=np.float64)
+    # ``xa @ xa.T`` of one array is a symmetric product (numpy calls syrk: half the work of
+    # two equal arrays, measured 0.024 s against 0.056 s at 1,000 x 1,024).
+    k = xa @ (xa if y is x else np.asarray(y, dtype=np.float64)).T
+    k /= d
+    k += 1.0
+    np.power(k, 3, out=k)
+    return k
 
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
@@ -634,27 +654,33 @@ def kid(
         return KIDResult(math.nan, math.nan, n_subsets, size, r.shape[0], f.shape[0], np.full(n_subsets, math.nan))
     values = np.empty(n_subsets)
     n_r, n_f = r.shape[0], f.shape[0]
-    if n_r + n_f <= _KID_GRAM_MAX:
-        # Small sets: every kernel value once, then each subset is a sum over a sub-block
-        # (the same numbers as mmd2_unbiased on the subset, in a fraction of the time).
-        with _blas_threads((n_r + n_f) ** 2 * r.shape[1]):
-            krr, kff, krf = polynomial_kernel(r, r), polynomial_kernel(f, f), polynomial_kernel(r, f)
+    budget = min(_KID_BLOCK_MAX, n_subsets * size * size)
+    whole = {}
+    # Whole blocks: every kernel value once, then each subset sums a sub-block (the same
+    # numbers as mmd2_unbiased on the subset, in a fraction of the time).
+    for key, a, b in (("rr", r, r), ("ff", f, f), ("rf", r, f)):
+        if a.shape[0] * b.shape[0] <= budget:
+            with _blas_threads(a.shape[0] * b.shape[0] * r.shape[1]):
+                whole[key] = polynomial_kernel(a, b)  # a is b: the symmetric product
+
+    def block(key: str, a: np.ndarray, ia: np.ndarray, b: np.ndarray, ib: np.ndarray) -> np.ndarray:
+        if key in whole:
+            return whole[key][np.ix_(ia, ib)]
+        rows = a[ia]
+        return polynomial_kernel(rows, rows if b is a and ib is ia else b[ib])
+
+    with _blas_threads(3 * size * size * r.shape[1]):
         for s in range(n_subsets):
-            ri = gen.choice(n_r, size, replace=False)
-            fi = gen.choice(n_f, size, replace=False)
-            xx = krr[np.ix_(ri, ri)]
-            yy = kff[np.ix_(fi, fi)]
+            # Sorted, the rows and columns of a sub-block are gathered in memory order: 3x
+            # faster than in draw order from a 2,000 x 10,000 block (the sums are the same).
+            ri = np.sort(gen.choice(n_r, size, replace=False))
+            fi = np.sort(gen.choice(n_f, size, replace=False))
+            xx, yy, xy = block("rr", r, ri, r, ri), block("ff", f, fi, f, fi), block("rf", r, ri, f, fi)
             values[s] = (
                 (xx.sum() - np.trace(xx)) / (size * (size - 1))
                 + (yy.sum() - np.trace(yy)) / (size * (size - 1))
-                - 2.0 * krf[np.ix_(ri, fi)].sum() / (size * size)
+                - 2.0 * xy.sum() / (size * size)
             )
-    else:
-        with _blas_threads(3 * size * size * r.shape[1]):
-            for s in range(n_subsets):
-                ri = gen.choice(n_r, size, replace=False)
-                fi = gen.choice(n_f, size, replace=False)
-                values[s] = mmd2_unbiased(r[ri], f[fi])
     return KIDResult(float(values.mean()), float(values.std()), n_subsets, size, r.shape[0], f.shape[0], values)
 
 
