@@ -1,9 +1,13 @@
 """Whole-audit scaling: wall time and peak memory per stage at N = 1k, 10k (and 100k) images.
 
 For each N: a seeded phantom study at 64 x 64 px with N training images (N/4 patients x 4 scans),
-N synthetic images (the leaky set: 20 % copies) and N/5 holdout images, written once as .npz
-files; then ``privaudit audit`` runs in a child process twice, with a cold embedding cache (a new
-folder) and again with the warm one. The child's own peak RSS comes from ``os.wait4``; the
+N synthetic images (the leaky set: 20 % copies) and N/5 holdout images, written once in the
+``--format`` chosen: ``npy`` (one float32 ``(N, 64, 64)`` array per set, read lazily from disk
+above the pixel budget; no patient ids, which an ``.npy`` cannot hold), ``png`` (8-bit PNG files
+with a manifest CSV per set carrying patient ids, as a hospital's export would look; decoded
+lazily above the budget) or ``npz`` (arrays with patient ids; always loaded into memory, a zip
+cannot be read in place). Then ``privaudit audit`` runs in a child process twice, with a cold
+embedding cache (a new folder) and again with the warm one. The child's own peak RSS comes from ``os.wait4``; the
 per-stage times and peaks from its ``results.json`` (``run.stages``: the high-water mark is reset
 per stage on Linux). The baseline measured in the same run is a raw float32 N x N matrix product
 at the pixel space's dimension (what one exact kNN pass over the sets costs at least), so the kNN
@@ -14,6 +18,7 @@ Usage::
 
     python benchmarks/audit_scale.py                       # N = 1000, 10000
     python benchmarks/audit_scale.py --sizes 1000,10000,100000 --checks copies,quality
+    python benchmarks/audit_scale.py --sizes 10000 --checks copies,membership --format png
 
 The last line printed is one JSON object with every figure.
 """
@@ -33,7 +38,10 @@ from pathlib import Path
 import numpy as np
 
 
-def write_study(n: int, folder: Path, seed: int = 0) -> dict[str, Path]:
+FORMATS = ("npy", "png", "npz")
+
+
+def write_study(n: int, folder: Path, seed: int = 0, fmt: str = "npy") -> dict[str, Path]:
     from privaudit.phantoms import make_study
 
     t = time.perf_counter()
@@ -43,14 +51,41 @@ def write_study(n: int, folder: Path, seed: int = 0) -> dict[str, Path]:
     )
     paths = {}
     for role, s in (("train", study.train), ("synthetic", study.leaky), ("holdout", study.holdout)):
-        path = folder / f"{role}.npz"
-        arrays = {"images": np.stack(s.images).astype(np.float32)}
-        if s.patient_ids is not None:
-            arrays["patient_id"] = np.array(s.patient_ids)
-        np.savez(path, **arrays)
+        if fmt == "png":
+            paths[role] = _write_png_set(s, folder, role)
+            continue
+        path = folder / f"{role}.{fmt}"
+        images = np.stack(s.images).astype(np.float32)
+        if fmt == "npy":
+            np.save(path, images)
+        else:
+            arrays = {"images": images}
+            if s.patient_ids is not None:
+                arrays["patient_id"] = np.array(s.patient_ids)
+            np.savez(path, **arrays)
         paths[role] = path
-    print(f"  study N={n}: generated and written in {time.perf_counter() - t:.1f} s", flush=True)
+    del study
+    print(f"  study N={n}: generated and written as {fmt} in {time.perf_counter() - t:.1f} s", flush=True)
     return paths
+
+
+def _write_png_set(images, folder: Path, role: str) -> Path:
+    """8-bit PNGs under ``folder/role/`` and a manifest ``folder/role.csv`` (path, patient_id, label)."""
+    import csv
+
+    from PIL import Image
+
+    (folder / role).mkdir()
+    manifest = folder / f"{role}.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "patient_id", "label"] if images.patient_ids is not None else ["path", "label"])
+        for k, img in enumerate(images.images):
+            rel = f"{role}/{k:06d}.png"
+            Image.fromarray(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8), mode="L").save(folder / rel)
+            label = images.labels[k] if images.labels else "0"
+            writer.writerow([rel, images.patient_ids[k], label] if images.patient_ids is not None else [rel, label])
+    return manifest
 
 
 def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embedder: str, threads: int) -> dict:
@@ -101,18 +136,19 @@ def main() -> None:
     ap.add_argument("--checks", default="copies,quality,membership,reid")
     ap.add_argument("--embedder", default="pixels")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--format", choices=FORMATS, default="npy", help="how the study is written (default npy)")
     ap.add_argument("--workdir", default=None, help="where to write the studies (default: a temporary folder)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"audit_scale: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; "
-          f"checks {args.checks}; embedder {args.embedder}", flush=True)
-    figures: dict = {"threads": args.threads, "checks": args.checks, "embedder": args.embedder, "sizes": {}}
+          f"checks {args.checks}; embedder {args.embedder}; inputs {args.format}", flush=True)
+    figures: dict = {"threads": args.threads, "checks": args.checks, "embedder": args.embedder, "format": args.format, "sizes": {}}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         for n in sizes:
             folder = root / f"n{n}"
             folder.mkdir()
-            paths = write_study(n, folder)
+            paths = write_study(n, folder, fmt=args.format)
             cache = folder / "cache"
             cold = run_audit(paths, folder / "cold", cache, args.checks, args.embedder, args.threads)
             warm = run_audit(paths, folder / "warm", cache, args.checks, args.embedder, args.threads)
