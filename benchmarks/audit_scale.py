@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -43,9 +44,10 @@ import numpy as np
 FORMATS = ("npy", "png", "npz")
 
 
-def write_study(n: int, folder: Path, seed: int = 0, fmt: str = "npy") -> dict[str, Path]:
+def write_study(n: int, folder: Path | str, seed: int = 0, fmt: str = "npy") -> dict[str, Path]:
     from privaudit.phantoms import make_study
 
+    folder = Path(folder)
     t = time.perf_counter()
     study = make_study(
         n_train_patients=max(1, n // 4), n_holdout_patients=max(1, n // 20), scans_per_patient=4,
@@ -71,6 +73,11 @@ def write_study(n: int, folder: Path, seed: int = 0, fmt: str = "npy") -> dict[s
     return paths
 
 
+def study_paths(n: int, folder: str, fmt: str) -> dict[str, str]:
+    """:func:`write_study` for :func:`in_child`: the paths as text."""
+    return {role: str(path) for role, path in write_study(n, Path(folder), fmt=fmt).items()}
+
+
 def _write_png_set(images, folder: Path, role: str) -> Path:
     """8-bit PNGs under ``folder/role/`` and a manifest ``folder/role.csv`` (path, patient_id, label)."""
     import csv
@@ -90,13 +97,31 @@ def _write_png_set(images, folder: Path, role: str) -> Path:
     return manifest
 
 
-def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embedder: str, threads: int) -> dict:
+def in_child(call: str) -> object:
+    """Evaluate ``call`` (an expression on this module) in a fresh interpreter; return its JSON.
+
+    The study and the baseline product are made in children so that this process stays small:
+    a child's ``ru_maxrss`` starts from the high-water mark of the process it was forked from
+    (the kernel carries it over at exec), so a parent holding the generated study would inflate
+    every audit's figure by its own size.
+    """
+    code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import audit_scale as m; print(json.dumps(m.{call}))"
+    done = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True)
+    lines = done.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        print(line, flush=True)
+    return json.loads(lines[-1])
+
+
+def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embedder: str, threads: int, budget: str | None) -> dict:
     cmd = [
         sys.executable, "-m", "privaudit", "audit", "--train", str(paths["train"]), "--synthetic", str(paths["synthetic"]),
         "--holdout", str(paths["holdout"]), "--checks", checks, "--embedder", embedder, "--out", str(out), "--force",
         "--cache-dir", str(cache),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    if budget is not None:
+        env["PRIVAUDIT_PIXEL_BUDGET_MB"] = budget
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -148,21 +173,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--format", choices=FORMATS, default="npy", help="how the study is written (default npy)")
     ap.add_argument("--workdir", default=None, help="where to write the studies (default: a temporary folder)")
+    ap.add_argument("--pixel-budget-mb", default=None,
+                    help="PRIVAUDIT_PIXEL_BUDGET_MB for the audits (default: as set in the environment, else privaudit's default)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"audit_scale: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; "
           f"checks {args.checks}; embedder {args.embedder}; inputs {args.format}", flush=True)
-    figures: dict = {"threads": args.threads, "checks": args.checks, "embedder": args.embedder, "format": args.format, "sizes": {}}
+    figures: dict = {"threads": args.threads, "checks": args.checks, "embedder": args.embedder, "format": args.format,
+                     "pixel_budget_mb": args.pixel_budget_mb, "sizes": {}}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         for n in sizes:
             folder = root / f"n{n}"
             folder.mkdir()
-            paths = write_study(n, folder, fmt=args.format)
+            paths = {k: Path(v) for k, v in in_child(f"study_paths({n}, {str(folder)!r}, {args.format!r})").items()}
             cache = folder / "cache"
-            cold = run_audit(paths, folder / "cold", cache, args.checks, args.embedder, args.threads)
-            warm = run_audit(paths, folder / "warm", cache, args.checks, args.embedder, args.threads)
-            mm = matmul_seconds(n, 64 * 64 // 4)  # the pixel embedder's dimension: 32 x 32
+            cold = run_audit(paths, folder / "cold", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb)
+            warm = run_audit(paths, folder / "warm", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb)
+            mm = in_child(f"matmul_seconds({n}, {64 * 64 // 4})")  # the pixel embedder's dimension: 32 x 32
             figures["sizes"][n] = {"cold": cold, "warm": warm, "matmul_s": round(mm, 3)}
             print(f"N={n}: cold {cold['wall_s']:.1f} s, peak {cold['peak_rss_mb']:.0f} MiB; warm {warm['wall_s']:.1f} s, "
                   f"peak {warm['peak_rss_mb']:.0f} MiB; one N x N x 1024 float32 product {mm:.2f} s", flush=True)
@@ -187,6 +215,7 @@ def main() -> None:
         for name, g in growth.items():
             te, me = g["time_exponent"], g["memory_exponent"]
             print(f"    {name:<24} time N^{te:.2f}  memory N^{me:.2f}" if te is not None and me is not None else f"    {name}: n/a")
+    figures["benchmark_process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(figures, sort_keys=True))
 
 
