@@ -303,3 +303,21 @@ def test_the_default_audit_with_fitted_spaces_is_the_same_eager_and_lazy(study_f
     monkeypatch.setenv(ENV_PIXEL_BUDGET, "0")
     audit(*args, config=config, out=tmp_path / "lazy", cache=False)
     assert _checks_json(tmp_path / "lazy") == _checks_json(tmp_path / "eager")
+
+
+@pytest.mark.realdata
+def test_real_chest_xrays_read_from_disk_match_the_held_ones(tmp_path):
+    """The COVID-19 chest X-rays (345 images, 256 px, uint8): as the .npz they ship in and as
+    an .npy, read from disk they give the held set's pixels, digests and patient ids."""
+    from conftest import realdata
+
+    npz = realdata("covid_chestxray/covid_cxr_licensed_256.npz")
+    with np.load(npz) as data:
+        np.save(tmp_path / "cxr.npy", data["images"])
+    for path in (npz, tmp_path / "cxr.npy"):
+        eager = load_imageset(path, pixel_budget_mb=EAGER)
+        lazy = load_imageset(path, pixel_budget_mb=LAZY)
+        assert not lazy.in_memory and len(lazy) == 345
+        assert lazy.pixel_digests == eager.pixel_digests and lazy.patient_ids == eager.patient_ids
+        for a, b in zip(lazy.images, eager.images, strict=True):
+            np.testing.assert_array_equal(a, b)
