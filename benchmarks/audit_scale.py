@@ -1,19 +1,26 @@
 """Whole-audit scaling: wall time and peak memory per stage at N = 1k, 10k (and 100k) images.
 
 For each N: a seeded phantom study at 64 x 64 px with N training images (N/4 patients x 4 scans),
-N synthetic images (the leaky set: 20 % copies) and N/5 holdout images, written once as .npz
-files; then ``privaudit audit`` runs in a child process twice, with a cold embedding cache (a new
-folder) and again with the warm one. The child's own peak RSS comes from ``os.wait4``; the
-per-stage times and peaks from its ``results.json`` (``run.stages``: the high-water mark is reset
-per stage on Linux). The baseline measured in the same run is a raw float32 N x N matrix product
-at the pixel space's dimension (what one exact kNN pass over the sets costs at least), so the kNN
-stages can be read against it. How each stage grows with N is the exponent of a power law fitted
-over the sizes run.
+N synthetic images (the leaky set: 20 % copies) and N/5 holdout images, written once in the
+``--format`` chosen: ``npy`` (one float32 ``(N, 64, 64)`` array per set, read from disk on
+access above the pixel budget; no patient ids, which an ``.npy`` cannot hold, so ``membership``
+is not assessed), ``png`` (8-bit PNG files with a manifest CSV per set carrying patient ids, as
+a hospital's export would look; decoded again on access above the budget) or ``npz`` (arrays
+with patient ids; a zip cannot be read in place, so the stored arrays are held in memory). Then
+``privaudit audit`` runs in a child process twice, with a cold embedding cache (a new folder) and
+again with the warm one. The per-stage times and peaks come from the child's ``results.json``
+(``run.stages``: the high-water mark is reset per stage on Linux); the peak of what follows the
+last stage (the verdict, then writing ``results.json`` and ``report.html``) from ``os.wait4``;
+the run's peak RSS is the largest of them. The baseline measured in the same run is a raw
+float32 N x N matrix product at the pixel space's dimension (what one exact kNN pass over the
+sets costs at least), so the kNN stages can be read against it. How each stage grows with N is
+the exponent of a power law fitted over the sizes run.
 
 Usage::
 
     python benchmarks/audit_scale.py                       # N = 1000, 10000
     python benchmarks/audit_scale.py --sizes 1000,10000,100000 --checks copies,quality
+    python benchmarks/audit_scale.py --sizes 10000 --checks copies,membership --format png
 
 The last line printed is one JSON object with every figure.
 """
@@ -24,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -33,9 +41,13 @@ from pathlib import Path
 import numpy as np
 
 
-def write_study(n: int, folder: Path, seed: int = 0) -> dict[str, Path]:
+FORMATS = ("npy", "png", "npz")
+
+
+def write_study(n: int, folder: Path | str, seed: int = 0, fmt: str = "npy") -> dict[str, Path]:
     from privaudit.phantoms import make_study
 
+    folder = Path(folder)
     t = time.perf_counter()
     study = make_study(
         n_train_patients=max(1, n // 4), n_holdout_patients=max(1, n // 20), scans_per_patient=4,
@@ -43,23 +55,73 @@ def write_study(n: int, folder: Path, seed: int = 0) -> dict[str, Path]:
     )
     paths = {}
     for role, s in (("train", study.train), ("synthetic", study.leaky), ("holdout", study.holdout)):
-        path = folder / f"{role}.npz"
-        arrays = {"images": np.stack(s.images).astype(np.float32)}
-        if s.patient_ids is not None:
-            arrays["patient_id"] = np.array(s.patient_ids)
-        np.savez(path, **arrays)
+        if fmt == "png":
+            paths[role] = _write_png_set(s, folder, role)
+            continue
+        path = folder / f"{role}.{fmt}"
+        images = np.stack(s.images).astype(np.float32)
+        if fmt == "npy":
+            np.save(path, images)
+        else:
+            arrays = {"images": images}
+            if s.patient_ids is not None:
+                arrays["patient_id"] = np.array(s.patient_ids)
+            np.savez(path, **arrays)
         paths[role] = path
-    print(f"  study N={n}: generated and written in {time.perf_counter() - t:.1f} s", flush=True)
+    del study
+    print(f"  study N={n}: generated and written as {fmt} in {time.perf_counter() - t:.1f} s", flush=True)
     return paths
 
 
-def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embedder: str, threads: int) -> dict:
+def study_paths(n: int, folder: str, fmt: str) -> dict[str, str]:
+    """:func:`write_study` for :func:`in_child`: the paths as text."""
+    return {role: str(path) for role, path in write_study(n, Path(folder), fmt=fmt).items()}
+
+
+def _write_png_set(images, folder: Path, role: str) -> Path:
+    """8-bit PNGs under ``folder/role/`` and a manifest ``folder/role.csv`` (path, patient_id, label)."""
+    import csv
+
+    from PIL import Image
+
+    (folder / role).mkdir()
+    manifest = folder / f"{role}.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "patient_id", "label"] if images.patient_ids is not None else ["path", "label"])
+        for k, img in enumerate(images.images):
+            rel = f"{role}/{k:06d}.png"
+            Image.fromarray(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8), mode="L").save(folder / rel)
+            label = images.labels[k] if images.labels else "0"
+            writer.writerow([rel, images.patient_ids[k], label] if images.patient_ids is not None else [rel, label])
+    return manifest
+
+
+def in_child(call: str) -> object:
+    """Evaluate ``call`` (an expression on this module) in a fresh interpreter; return its JSON.
+
+    The study and the baseline product are made in children so that this process stays small:
+    a child's ``ru_maxrss`` starts from the high-water mark of the process it was forked from
+    (the kernel carries it over at exec), so a parent holding the generated study would inflate
+    every audit's figure by its own size.
+    """
+    code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import audit_scale as m; print(json.dumps(m.{call}))"
+    done = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True)
+    lines = done.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        print(line, flush=True)
+    return json.loads(lines[-1])
+
+
+def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embedder: str, threads: int, budget: str | None) -> dict:
     cmd = [
         sys.executable, "-m", "privaudit", "audit", "--train", str(paths["train"]), "--synthetic", str(paths["synthetic"]),
         "--holdout", str(paths["holdout"]), "--checks", checks, "--embedder", embedder, "--out", str(out), "--force",
         "--cache-dir", str(cache),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    if budget is not None:
+        env["PRIVAUDIT_PIXEL_BUDGET_MB"] = budget
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -68,12 +130,20 @@ def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embed
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 1):  # 1 = verdict fail: the leaky set should fail
         raise SystemExit(f"audit failed with exit code {code}: {err.strip()[-500:]}")
-    run = json.loads((out / "results.json").read_text())["run"]
+    results = json.loads((out / "results.json").read_text())
+    run = results["run"]
+    stages = {s["name"]: {"seconds": round(s["seconds"], 3), "peak_rss_mb": s["peak_rss_mb"] and round(s["peak_rss_mb"], 1)} for s in run["stages"]}
+    # os.wait4's ru_maxrss is not the whole run's peak: the audit resets the kernel's high-water
+    # mark at the start of every stage (privaudit.stages), so it covers the last stage
+    # (verdict) and writing the outputs. The run's peak is the larger of it and every stage's.
+    tail = usage.ru_maxrss / 1024  # KiB on Linux
     return {
         "wall_s": round(wall, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # KiB on Linux
-        "stages": {s["name"]: {"seconds": round(s["seconds"], 3), "peak_rss_mb": s["peak_rss_mb"] and round(s["peak_rss_mb"], 1)} for s in run["stages"]},
+        "peak_rss_mb": round(max([tail] + [st["peak_rss_mb"] or 0.0 for st in stages.values()]), 1),
+        "verdict_and_outputs_peak_rss_mb": round(tail, 1),
+        "stages": stages,
         "embedded": run["embedded"],
+        "checks": {name: c["status"] for name, c in results["checks"].items()},
     }
 
 
@@ -101,28 +171,33 @@ def main() -> None:
     ap.add_argument("--checks", default="copies,quality,membership,reid")
     ap.add_argument("--embedder", default="pixels")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--format", choices=FORMATS, default="npy", help="how the study is written (default npy)")
     ap.add_argument("--workdir", default=None, help="where to write the studies (default: a temporary folder)")
+    ap.add_argument("--pixel-budget-mb", default=None,
+                    help="PRIVAUDIT_PIXEL_BUDGET_MB for the audits (default: as set in the environment, else privaudit's default)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"audit_scale: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; "
-          f"checks {args.checks}; embedder {args.embedder}", flush=True)
-    figures: dict = {"threads": args.threads, "checks": args.checks, "embedder": args.embedder, "sizes": {}}
+          f"checks {args.checks}; embedder {args.embedder}; inputs {args.format}", flush=True)
+    figures: dict = {"threads": args.threads, "checks": args.checks, "embedder": args.embedder, "format": args.format,
+                     "pixel_budget_mb": args.pixel_budget_mb, "sizes": {}}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         for n in sizes:
             folder = root / f"n{n}"
             folder.mkdir()
-            paths = write_study(n, folder)
+            paths = {k: Path(v) for k, v in in_child(f"study_paths({n}, {str(folder)!r}, {args.format!r})").items()}
             cache = folder / "cache"
-            cold = run_audit(paths, folder / "cold", cache, args.checks, args.embedder, args.threads)
-            warm = run_audit(paths, folder / "warm", cache, args.checks, args.embedder, args.threads)
-            mm = matmul_seconds(n, 64 * 64 // 4)  # the pixel embedder's dimension: 32 x 32
+            cold = run_audit(paths, folder / "cold", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb)
+            warm = run_audit(paths, folder / "warm", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb)
+            mm = in_child(f"matmul_seconds({n}, {64 * 64 // 4})")  # the pixel embedder's dimension: 32 x 32
             figures["sizes"][n] = {"cold": cold, "warm": warm, "matmul_s": round(mm, 3)}
             print(f"N={n}: cold {cold['wall_s']:.1f} s, peak {cold['peak_rss_mb']:.0f} MiB; warm {warm['wall_s']:.1f} s, "
                   f"peak {warm['peak_rss_mb']:.0f} MiB; one N x N x 1024 float32 product {mm:.2f} s", flush=True)
             for name, st in warm["stages"].items():
                 print(f"    warm {name:<22} {st['seconds']:9.2f} s  {st['peak_rss_mb'] or float('nan'):8.0f} MiB"
                       f"  ({st['seconds'] / mm if mm else float('nan'):.1f}x the product)", flush=True)
+            print(f"    warm verdict + writing outputs       {warm['verdict_and_outputs_peak_rss_mb']:8.0f} MiB", flush=True)
     done = sorted(figures["sizes"])
     if len(done) >= 2:
         names = list(figures["sizes"][done[-1]]["warm"]["stages"])
@@ -140,6 +215,7 @@ def main() -> None:
         for name, g in growth.items():
             te, me = g["time_exponent"], g["memory_exponent"]
             print(f"    {name:<24} time N^{te:.2f}  memory N^{me:.2f}" if te is not None and me is not None else f"    {name}: n/a")
+    figures["benchmark_process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(figures, sort_keys=True))
 
 

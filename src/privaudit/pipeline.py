@@ -10,8 +10,10 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from privaudit._util import replace_all, stage_bytes, to_jsonable
 from privaudit._version import __version__
@@ -21,7 +23,7 @@ from privaudit.config import AuditConfig
 from privaudit.data.imageset import ImageSet
 from privaudit.data.loaders import load_imageset
 from privaudit.embed.base import get_embedder, parse_spec
-from privaudit.embed.cache import EmbeddingCache
+from privaudit.embed.cache import SHARD_SIZE, EmbeddingCache
 from privaudit.errors import InputError, OutputError
 from privaudit.patients import patient_view
 from privaudit.policy import Policy
@@ -209,21 +211,21 @@ def _embed(spec: str, sets: Mapping[str, ImageSet | None], config: AuditConfig, 
     # With --cluster, embedding runs there (fitting stays here), unless shipping the images costs more.
     remote = cluster.active() if embedder.offload else None
 
-    def compute(images: list) -> object:
+    def compute(images: Sequence[np.ndarray]) -> np.ndarray:
         if remote is not None:
             return remote.embed(embedder, images, batch_size=config.batch_size)
         return embedder.embed(images, batch_size=config.batch_size)
 
+    shard_size = SHARD_SIZE if remote is None else remote.embed_shard_size
     vectors = {}
     for role, images in sets.items():
         if images is None:
             continue
         log.info("embedding %d %s images with %s", len(images), role, embedder.name)
         if cache is None:
-            vectors[role] = compute(list(images.images))
+            vectors[role] = _embed_in_shards(images.images, embedder.dim, compute, shard_size=shard_size)
         else:
-            shards = {} if remote is None else {"shard_size": remote.embed_shard_size}
-            vectors[role] = cache.embed(fingerprint, images.pixel_digests, images.images, embedder.dim, compute, label=spec, **shards)
+            vectors[role] = cache.embed(fingerprint, images.pixel_digests, images.images, embedder.dim, compute, label=spec, shard_size=shard_size)
     return EmbeddedSets(
         info=embedder.info(),
         near_duplicate_similarity=embedder.near_duplicate_similarity,
@@ -232,6 +234,17 @@ def _embed(spec: str, sets: Mapping[str, ImageSet | None], config: AuditConfig, 
         holdout=vectors.get("holdout"),
         embedder=embedder,
     )
+
+
+def _embed_in_shards(
+    images: Sequence[np.ndarray], dim: int, compute: Callable[[Sequence[np.ndarray]], np.ndarray], *, shard_size: int
+) -> np.ndarray:
+    """Embed without a cache, ``shard_size`` images at a time, as the cache does: a lazy set is
+    read one shard at a time, never all at once."""
+    out = np.empty((len(images), dim), dtype=np.float32)
+    for start in range(0, len(images), shard_size):
+        out[start : start + shard_size] = compute(images[start : start + shard_size])
+    return out
 
 
 def prepare_output_dir(out: str | os.PathLike[str], *, force: bool, create: bool = False) -> Path:

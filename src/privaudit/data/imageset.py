@@ -1,4 +1,4 @@
-"""The in-memory image set every later stage works on."""
+"""The image set every later stage works on (its pixels in memory, or read from disk on access)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from functools import cached_property
 import numpy as np
 
 from privaudit.data.convert import to_working
+from privaudit.data.lazy import LazyImages, pixel_digest
 from privaudit.errors import InputError
 
 
@@ -48,8 +49,14 @@ class ImageSet:
     (see :func:`privaudit.data.convert.to_working` for how RGB, 16-bit and float inputs are
     mapped). Sizes may differ between images; embedders resize to their own input size.
 
+    ``images`` is a tuple of arrays for sets built in memory and for loaded sets below the pixel
+    budget, and a :class:`~privaudit.data.lazy.LazyImages` for larger loaded sets: the same
+    sequence interface (``len``, an int index, a slice, iteration), but every access reads the
+    image from disk again (see :mod:`privaudit.data.lazy`). Code that needs every image should
+    walk it in slices of a batch's size rather than ``list(images)``.
+
     Attributes:
-        images: the pixel arrays, in the order of ``ids``.
+        images: the pixel arrays, in the order of ``ids`` (a tuple, or read on access).
         ids: stable, unique image ids: the path relative to the input root, or the index for
             arrays.
         patient_ids: one patient id per image, or ``None`` when the input has none.
@@ -69,7 +76,7 @@ class ImageSet:
         (3, ('0', '1', '2'), 2)
     """
 
-    images: tuple[np.ndarray, ...]
+    images: tuple[np.ndarray, ...] | LazyImages
     ids: tuple[str, ...]
     patient_ids: tuple[str, ...] | None = None
     labels: tuple[str, ...] | None = None
@@ -92,6 +99,10 @@ class ImageSet:
         if len(index) != n:
             dup = next(i for i in self.ids if self.ids.count(i) > 1)
             raise InputError(f"{self.source}: image id {dup!r} occurs more than once")
+        if isinstance(self.images, LazyImages):
+            # Checked image by image when the loader decoded them, and again on every access.
+            object.__setattr__(self, "_index", index)
+            return
         for image in self.images:
             if image.ndim != 2 or image.dtype != np.float32:
                 raise InputError(
@@ -136,11 +147,17 @@ class ImageSet:
         """Position of the image with ``image_id``."""
         return self._index[image_id]
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether the pixels are held in memory (``False``: read from disk on access)."""
+        return not isinstance(self.images, LazyImages)
+
     def subset(self, indices: Sequence[int] | np.ndarray, *, source: str | None = None) -> ImageSet:
-        """A new set holding the images at ``indices`` (metadata carried along)."""
+        """A new set holding the images at ``indices`` (metadata carried along; a lazy set's
+        subset is lazy too, and reads nothing here)."""
         idx = [int(i) for i in indices]
         return ImageSet(
-            images=tuple(self.images[i] for i in idx),
+            images=self.images.take(idx) if isinstance(self.images, LazyImages) else tuple(self.images[i] for i in idx),
             ids=tuple(self.ids[i] for i in idx),
             patient_ids=None if self.patient_ids is None else tuple(self.patient_ids[i] for i in idx),
             labels=None if self.labels is None else tuple(self.labels[i] for i in idx),
@@ -148,6 +165,13 @@ class ImageSet:
             kind=self.kind,
             files=None if self.files is None else tuple(self.files[i] for i in idx),
         )
+
+    @property
+    def shapes(self) -> np.ndarray:
+        """``(N, 2)`` array of every image's ``(H, W)`` (without reading a lazy set's pixels)."""
+        if isinstance(self.images, LazyImages):
+            return self.images.shapes
+        return np.array([img.shape for img in self.images], dtype=np.int64).reshape(-1, 2)
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, ...]]:
         """Yield the images in order, ``batch_size`` at a time."""
@@ -163,9 +187,13 @@ class ImageSet:
     def pixel_digests(self) -> tuple[bytes, ...]:
         """SHA-256 of each image's shape and working-format pixels.
 
-        Used in memory to find exact duplicates; never written to any output.
+        Used in memory to find exact duplicates; never written to any output. A lazy set has
+        them from when it was loaded (reading every image again only for them would double
+        the cost of a load).
         """
-        return tuple(_digest(img) for img in self.images)
+        if isinstance(self.images, LazyImages):
+            return self.images.digests
+        return tuple(pixel_digest(img) for img in self.images)
 
     @cached_property
     def content_sha256(self) -> str:
@@ -184,7 +212,7 @@ class ImageSet:
 
     def summary(self, role: str) -> InputSummary:
         """Counts, sizes and the set hash for ``results.json``."""
-        shapes = np.array([img.shape for img in self.images]) if self.images else np.zeros((1, 2), int)
+        shapes = self.shapes if len(self) else np.zeros((1, 2), int)
         return InputSummary(
             role=role,
             source=self.source,
@@ -199,12 +227,6 @@ class ImageSet:
             skipped=self.skipped,
             n_ignored=self.n_ignored,
         )
-
-
-def _digest(image: np.ndarray) -> bytes:
-    h = hashlib.sha256(f"{image.shape[0]}x{image.shape[1]}".encode())
-    h.update(np.ascontiguousarray(image, dtype="<f4").tobytes())
-    return h.digest()
 
 
 def text_column(values: Sequence[object] | np.ndarray | None, name: str, source: str) -> tuple[str, ...] | None:

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
+import functools
 import logging
 import os
 import posixpath
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from privaudit.data.convert import to_working
 from privaudit.data.imageset import ImageSet, SkippedFile, text_column
+from privaudit.data.lazy import (
+    READ_CHUNK,
+    ArrayImages,
+    FileImages,
+    LazyImages,
+    NpyImages,
+    NpyLayout,
+    npy_layout,
+    pixel_budget_bytes,
+    pixel_digest,
+    read_rows,
+)
 from privaudit.data.readers import UnreadableImage, is_image_file, read_image
 from privaudit.errors import InputError
 
@@ -30,6 +45,7 @@ def load_imageset(
     *,
     role: str = "images",
     max_skipped: float = DEFAULT_MAX_SKIPPED,
+    pixel_budget_mb: float | None = None,
 ) -> ImageSet:
     """Load a folder, an ``.npy``/``.npz`` array file or a manifest ``.csv`` as an :class:`ImageSet`.
 
@@ -42,10 +58,18 @@ def load_imageset(
 
     A file that cannot be decoded is skipped and listed in ``ImageSet.skipped``.
 
+    Every image is decoded once here (to find the undecodable ones, and to record each image's
+    shape and pixel digest). A set whose working-format pixels fit in ``pixel_budget_mb`` keeps
+    them in memory; a larger one drops them and reads each image again from disk when it is used
+    (:mod:`privaudit.data.lazy`), checking that it has not changed since.
+
     Args:
         source: the path.
         role: the input's role (``"train"``, ``"synthetic"``, ``"holdout"``) for messages.
         max_skipped: the largest share of undecodable files tolerated before an ``InputError``.
+        pixel_budget_mb: MiB of float32 pixels kept in memory at most; default
+            ``$PRIVAUDIT_PIXEL_BUDGET_MB`` or :data:`privaudit.data.lazy.DEFAULT_PIXEL_BUDGET_MB`
+            (256). ``0`` always reads from disk, ``float("inf")`` never does.
 
     Raises:
         InputError: missing path, unsupported type, malformed array or manifest, too many
@@ -57,24 +81,63 @@ def load_imageset(
     """
     if not 0.0 <= max_skipped <= 1.0:
         raise InputError(f"max_skipped must lie in [0, 1]; got {max_skipped}")
+    budget = pixel_budget_bytes(pixel_budget_mb)
     path = Path(source)
     label = f"--{role}" if role in ("train", "synthetic", "holdout") else role
     if not path.exists():
         raise InputError(f"{label}: no such file or folder: {path}")
     if path.is_dir():
-        return _load_folder(path, label=label, max_skipped=max_skipped)
+        return _load_folder(path, label=label, max_skipped=max_skipped, budget=budget)
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz"):
-        return _load_array_file(path, label=label)
+        return _load_array_file(path, label=label, budget=budget)
     if suffix == ".csv":
-        return _load_manifest(path, label=label, max_skipped=max_skipped)
+        return _load_manifest(path, label=label, max_skipped=max_skipped, budget=budget)
     raise InputError(
         f"{label}: unsupported input {path}: expected a folder of images, an .npy/.npz array "
         "file or a .csv manifest"
     )
 
 
-def _load_folder(root: Path, *, label: str, max_skipped: float) -> ImageSet:
+class _Decoded:
+    """The decoded images of one input: every image's shape and pixel digest, and the pixels
+    themselves while they fit in the budget (all of them are dropped once they do not)."""
+
+    def __init__(self, budget: float, label: str) -> None:
+        self.budget = budget
+        self.label = label
+        self.kept: list[np.ndarray] | None = []
+        self.nbytes = 0
+        self.shapes: list[tuple[int, int]] = []
+        self.digests: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def add(self, image: np.ndarray) -> None:
+        self.shapes.append(image.shape)
+        self.digests.append(pixel_digest(image))
+        self.nbytes += image.nbytes
+        if self.kept is not None:
+            if self.nbytes > self.budget:
+                self.kept = None  # from here on the set is read from disk
+            else:
+                self.kept.append(image)
+
+    def sequence(self, lazy: Callable[..., LazyImages]) -> tuple[np.ndarray, ...] | LazyImages:
+        """The kept images as a tuple, or ``lazy(shapes=..., digests=..., label=...)``."""
+        if self.kept is not None:
+            return tuple(self.kept)
+        log.info(
+            "%s: %d images hold %.0f MiB of pixels, more than the pixel budget of %.0f MiB: they are read "
+            "from disk when used (PRIVAUDIT_PIXEL_BUDGET_MB changes the budget)",
+            self.label, len(self), self.nbytes / 2**20, self.budget / 2**20,
+        )
+        shapes = np.array(self.shapes, dtype=np.int64).reshape(-1, 2)
+        return lazy(shapes=shapes, digests=self.digests, label=self.label)
+
+
+def _load_folder(root: Path, *, label: str, max_skipped: float, budget: float) -> ImageSet:
     if not os.access(root, os.R_OK | os.X_OK):
         raise InputError(f"{label}: folder is not readable: {root}")
     candidates: list[Path] = []
@@ -98,17 +161,18 @@ def _load_folder(root: Path, *, label: str, max_skipped: float) -> ImageSet:
             else:
                 n_ignored += 1
     candidates.sort(key=lambda p: _rel(p, root))
-    images, ids, files = [], [], []
+    decoded = _Decoded(budget, label)
+    ids, files = [], []
     for p in candidates:
         try:
-            images.append(read_image(p))
+            decoded.add(read_image(p))
             ids.append(_rel(p, root))
             files.append(os.path.abspath(p))
         except UnreadableImage as exc:
             skipped.append(SkippedFile(_rel(p, root), str(exc)))
-    _check_skipped(label, root, n_found=len(candidates), skipped=skipped, n_ok=len(images), max_skipped=max_skipped, n_ignored=n_ignored)
+    _check_skipped(label, root, n_found=len(candidates), skipped=skipped, n_ok=len(decoded), max_skipped=max_skipped, n_ignored=n_ignored)
     return ImageSet(
-        images=tuple(images),
+        images=decoded.sequence(functools.partial(FileImages, files)),
         ids=tuple(ids),
         source=str(root),
         kind="folder",
@@ -164,7 +228,7 @@ def _percent(value: float, other: float) -> str:
     return text  # pragma: no cover
 
 
-def _load_array_file(path: Path, *, label: str) -> ImageSet:
+def _load_array_file(path: Path, *, label: str, budget: float) -> ImageSet:
     try:
         loaded = np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix.lower() == ".npy" else None)
     except ValueError as exc:
@@ -177,6 +241,7 @@ def _load_array_file(path: Path, *, label: str) -> ImageSet:
     except Exception as exc:  # OSError, EOFError, zipfile.BadZipFile, zlib.error, ...
         raise InputError(f"{label}: {path} is not a readable NumPy file ({type(exc).__name__}: {exc})") from None
     patient_ids = labels = None
+    layout = None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             keys = list(loaded.files)
@@ -192,7 +257,9 @@ def _load_array_file(path: Path, *, label: str) -> ImageSet:
                 labels = _npz_get(loaded, "label", path, label)
     else:
         images = loaded
-    return _from_array(images, patient_ids=patient_ids, labels=labels, source=str(path), label=label)
+        # Rows are read from the file with ordinary reads, not through the map (see privaudit.data.lazy).
+        layout = npy_layout(path, loaded) if images.ndim in (3, 4) and images.dtype.kind in "biuf" else None
+    return _from_array(images, patient_ids=patient_ids, labels=labels, source=str(path), label=label, budget=budget, layout=layout)
 
 
 def _npz_get(npz: np.lib.npyio.NpzFile, key: str, path: Path, label: str) -> np.ndarray:
@@ -206,7 +273,18 @@ def _npz_get(npz: np.lib.npyio.NpzFile, key: str, path: Path, label: str) -> np.
         raise InputError(f"{label}: array {key!r} in {path} cannot be read ({exc})") from None
 
 
-def _from_array(images: np.ndarray, *, patient_ids: object, labels: object, source: str, label: str) -> ImageSet:
+def _from_array(
+    images: np.ndarray,
+    *,
+    patient_ids: object,
+    labels: object,
+    source: str,
+    label: str,
+    budget: float = float("inf"),
+    layout: NpyLayout | None = None,
+) -> ImageSet:
+    """An ImageSet from an ``(N, H, W[, C])`` array (an ``.npz``'s, or an ``.npy`` read through
+    ``layout``), converted and hashed ``READ_CHUNK`` images at a time."""
     if images.dtype.kind not in "biuf":
         raise InputError(f"{label}: {source}: images have dtype {images.dtype}; expected numbers")
     if images.ndim == 4 and images.shape[-1] not in (1, 2, 3, 4):
@@ -221,22 +299,42 @@ def _from_array(images: np.ndarray, *, patient_ids: object, labels: object, sour
     n = images.shape[0]
     if n == 0:
         raise InputError(f"{label}: {source} holds no images")
-    if images.dtype.kind == "f":
-        finite = np.isfinite(images.reshape(n, -1)).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
-            raise InputError(
-                f"{label}: {source}: {bad.size} image(s) contain NaN or infinite values "
-                f"(first: index {bad[0]})"
-            )
     for name, values in (("patient_id", patient_ids), ("label", labels)):
         if values is not None and len(np.asarray(values)) != n:
             raise InputError(
                 f"{label}: {source}: '{name}' has {len(np.asarray(values))} entries for {n} images"
             )
+    decoded = _Decoded(budget, label)
+    non_finite: list[int] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            handle = stack.enter_context(open(source, "rb")) if layout is not None else None
+            for start in range(0, n, READ_CHUNK):
+                stop = min(start + READ_CHUNK, n)
+                raw = read_rows(handle, layout, start, stop) if layout is not None else images[start:stop]
+                finite = np.isfinite(raw.reshape(stop - start, -1)).all(axis=1) if raw.dtype.kind == "f" else None
+                for k in range(stop - start):
+                    if finite is not None and not finite[k]:
+                        non_finite.append(start + k)
+                    elif not non_finite:  # once one image is refused, only count the others
+                        decoded.add(to_working(raw[k], where=f"{source}[{start + k}]"))
+    except OSError as exc:
+        raise InputError(f"{label}: {source} is not a readable NumPy file ({exc.strerror or exc})") from None
+    except InputError as exc:
+        raise InputError(f"{label}: {exc}") from None
+    if non_finite:
+        raise InputError(
+            f"{label}: {source}: {len(non_finite)} image(s) contain NaN or infinite values "
+            f"(first: index {non_finite[0]})"
+        )
+    rows = np.arange(n, dtype=np.int64)
+    if layout is not None:
+        lazy = functools.partial(NpyImages, source, offset=layout.offset, dtype=layout.dtype, item_shape=layout.item_shape, rows=rows)
+    else:
+        lazy = functools.partial(ArrayImages, images, source=source, rows=rows)
     try:
         return ImageSet(
-            images=tuple(to_working(images[i], where=f"{source}[{i}]") for i in range(n)),
+            images=decoded.sequence(lazy),
             ids=tuple(str(i) for i in range(n)),
             patient_ids=text_column(patient_ids, "patient_id", source),
             labels=text_column(labels, "label", source),
@@ -247,7 +345,7 @@ def _from_array(images: np.ndarray, *, patient_ids: object, labels: object, sour
         raise InputError(f"{label}: {exc}") from None
 
 
-def _load_manifest(path: Path, *, label: str, max_skipped: float) -> ImageSet:
+def _load_manifest(path: Path, *, label: str, max_skipped: float, budget: float) -> ImageSet:
     root = path.parent
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -270,7 +368,8 @@ def _load_manifest(path: Path, *, label: str, max_skipped: float) -> ImageSet:
     has_patients = "patient_id" in columns
     has_labels = "label" in columns
     seen: dict[str, int] = {}
-    images, ids, patients, labels, files = [], [], [], [], []
+    decoded = _Decoded(budget, label)
+    ids, patients, labels, files = [], [], [], []
     skipped: list[SkippedFile] = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         rel = row.get("path", "")
@@ -298,7 +397,7 @@ def _load_manifest(path: Path, *, label: str, max_skipped: float) -> ImageSet:
             skipped.append(SkippedFile(norm, f"file listed in the manifest {why}"))
             continue
         try:
-            images.append(read_image(file))
+            decoded.add(read_image(file))
         except UnreadableImage as exc:
             skipped.append(SkippedFile(norm, str(exc)))
             continue
@@ -306,9 +405,9 @@ def _load_manifest(path: Path, *, label: str, max_skipped: float) -> ImageSet:
         files.append(os.path.abspath(file))
         patients.append(row.get("patient_id", ""))
         labels.append(row.get("label", ""))
-    _check_skipped(label, path, n_found=len(rows), skipped=skipped, n_ok=len(images), max_skipped=max_skipped)
+    _check_skipped(label, path, n_found=len(rows), skipped=skipped, n_ok=len(decoded), max_skipped=max_skipped)
     return ImageSet(
-        images=tuple(images),
+        images=decoded.sequence(functools.partial(FileImages, files)),
         ids=tuple(ids),
         patient_ids=tuple(patients) if has_patients else None,
         labels=tuple(labels) if has_labels else None,

@@ -170,7 +170,8 @@ class EmbeddingCache:
         """Vectors for ``images``: from the cache where present, else ``compute``\\ d and stored.
 
         Missing images are computed ``shard_size`` at a time, and each shard is written as soon
-        as it is done.
+        as it is done; ``images`` is read one shard at a time (it may be a lazy sequence that
+        reads from disk).
         """
         vectors, found = self.lookup(fingerprint, digests, dim)
         missing = np.flatnonzero(~found)
@@ -179,7 +180,7 @@ class EmbeddingCache:
         stats.embedded += int(missing.size)
         for start in range(0, missing.size, shard_size):
             rows = missing[start : start + shard_size]
-            chunk = compute([images[i] for i in rows])
+            chunk = compute(_gather(images, rows))
             vectors[rows] = chunk
             self.store(fingerprint, [digests[i] for i in rows], chunk)
         return vectors
@@ -238,3 +239,11 @@ class EmbeddingCache:
                     size += p.stat().st_size
             shutil.rmtree(folder)
         return files, size
+
+
+def _gather(images: Sequence[np.ndarray], rows: np.ndarray) -> Sequence[np.ndarray]:
+    """``images`` at ``rows``: one slice when the rows are consecutive (the usual case: nothing
+    cached yet), which a lazy sequence reads in one go."""
+    if rows.size and int(rows[-1]) - int(rows[0]) == rows.size - 1:
+        return images[int(rows[0]) : int(rows[-1]) + 1]
+    return [images[int(i)] for i in rows]

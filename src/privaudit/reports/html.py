@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from privaudit.data.imageset import ImageSet
+from privaudit.errors import InputError
 from privaudit.results import AuditResult
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,9 @@ class _Thumbnails:
                     uri = thumbnail_data_uri(images.images[images.index_of(image_id)])
                 except KeyError:
                     uri = None
+                except InputError as exc:  # a lazy set's file changed after the checks read it
+                    log.warning("no thumbnail for %s: %s", image_id, exc)
+                    uri = None
             self._done[key] = uri
             self.n_shown += uri is not None
         return self._done[key]
@@ -195,6 +199,9 @@ class _Thumbnails:
                     a = a_set.images[a_set.index_of(id_a)]
                     b = b_set.images[b_set.index_of(id_b)]
                 except KeyError:
+                    a = b = None
+                except InputError as exc:  # a lazy set's file changed after the checks read it
+                    log.warning("no difference thumbnail for %s and %s: %s", id_a, id_b, exc)
                     a = b = None
                 if a is not None and b is not None:
                     from privaudit.embed.base import Preprocessing
