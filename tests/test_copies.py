@@ -132,8 +132,13 @@ def test_positive_control_measures_sensitivity_per_family(study, leaky_result):
     flip = next(f for f in both.families if f.family == "flip")
     assert flip.found / flip.planted >= 0.5
     # Linked in the space with the strongest evidence, as flagged pairs are: the descriptor
-    # finds the mirrored copy's source where pixels (the primary space) cannot.
-    assert flip.linked >= flip.found - 1 and next(f for f in pixels.families if f.family == "flip").linked <= 1
+    # finds the mirrored copy's source where pixels (the primary space) cannot. How many of the
+    # four it links to the very scan (rather than another scan of the same patient) depends on
+    # the descriptor's fit, which differs between CPUs (float rounding of the SIMD kernels:
+    # measured 2 of 4 on an AMD EPYC, 3 or 4 on the machine the test was written on), so the
+    # test asks for more links than pixels makes, and pixels links at most one.
+    pixels_flip = next(f for f in pixels.families if f.family == "flip")
+    assert pixels_flip.linked <= 1 and flip.linked >= 2 and flip.linked > pixels_flip.linked
     assert both.sensitivity > pixels.sensitivity and both.sensitivity >= 0.8
     metric = leaky_result.checks["copies"].metrics["control_sensitivity_score"]
     assert metric.value == both.sensitivity and metric.n == 48
