@@ -162,6 +162,18 @@ def test_options_embedder_spaces_and_validation():
             AuditConfig.from_dict({"quality": bad})
 
 
+def test_a_synthetic_set_of_one_patient_gets_fid_without_an_interval(study):
+    """A synthetic manifest whose patient_id column holds one value: FID's jackknife has no group
+    to leave out. The check runs, gives the value, and says why there is no interval (this
+    stopped the whole audit with an internal error before)."""
+    one = ImageSet(images=study.clean.images, ids=study.clean.ids, patient_ids=("G",) * len(study.clean), source="one-patient")
+    q = audit(study.train, one, study.holdout, config=ROLES_ONLY).checks["quality"]
+    fid = next(f for f in q.figures if f.metric == "fid_distance")
+    assert q.status is CheckStatus.ASSESSED and fid.synthetic.value is not None
+    assert fid.synthetic.ci_low is None and fid.baseline.ci_low is not None
+    assert any("FID (synthetic) has no interval" in w for w in q.warnings)
+
+
 def test_too_few_images_is_not_assessed(study):
     q = audit(study.train, study.clean.subset(range(4)), study.holdout, config=ROLES_ONLY).checks["quality"]
     assert q.status is CheckStatus.NOT_ASSESSED and "needs more than k = 5 images" in q.reason

@@ -22,6 +22,7 @@ The metric functions are public in :mod:`privaudit.metrics`.
 from __future__ import annotations
 
 import math
+import warnings as pywarnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -279,7 +280,8 @@ class QualityCheck(Check):
         # shared by both comparisons. KID over subsets: both sides draw their subsets from one
         # stream, so the holdout subsets are the same for both.
         kid_size = min(options.kid_subset_size, max(2, min(m, h) // 2))
-        fids = _fid_estimates(ctx, options, hold, hold_idx, compared, syn_idx, train_idx)
+        fids, fid_notes, fid_groups = _fid_estimates(ctx, options, hold, hold_idx, compared, syn_idx, train_idx)
+        warnings.extend(fid_notes)
         # KID's kernel (x·y/d + 1)^3 was made for Inception activations, not unit vectors: on
         # unit-length embeddings x·y/d is ~1/d and the kernel is nearly linear (only the means
         # would be compared). Scaled to length sqrt(d), x·y/d is the cosine: (cos + 1)^3.
@@ -296,8 +298,9 @@ class QualityCheck(Check):
             _binomial_figure("coverage_score", "Coverage", pr, lambda r: int(r.real_covered.sum()), h, "holdout"),
             QualityFigure(
                 "fid_distance", "FID", _WORSE, fids["synthetic"], fids["baseline"], m,
-                f"approximate 95% interval: ± 1.96 delete-a-group jackknife standard errors ({options.fid_groups} groups "
-                "of each set, patients kept together where known)" if options.fid_groups else "no interval (fid_groups = 0)",
+                f"approximate 95% interval: ± t(0.975, {fid_groups - 1}) delete-a-group jackknife standard errors ({fid_groups} groups "
+                "of each set, patients kept together where known)" if fid_groups else
+                ("no interval (fid_groups = 0)" if not options.fid_groups else "no interval (too few patients to leave a group out)"),
             ),
             QualityFigure(
                 "kid_distance", "KID", _WORSE,
@@ -388,10 +391,13 @@ def _density_figure(pr: dict, m: int) -> QualityFigure:
 
 def _fid_estimates(
     ctx: AuditContext, options: QualityOptions, hold: np.ndarray, hold_idx: np.ndarray, compared: dict, syn_idx: np.ndarray, train_idx: np.ndarray
-) -> dict[str, Estimate]:
-    """FID of each side against the holdout, with a delete-a-group jackknife interval."""
+) -> tuple[dict[str, Estimate], list[str], int]:
+    """FID of each side against the holdout, with a delete-a-group jackknife interval; the
+    warnings, and the most jackknife groups a side used (a side without an interval is warned of)."""
     if len(hold) < 2:
-        return {side: Estimate(None) for side in compared}
+        return {side: Estimate(None) for side in compared}, [], 0
+    notes: list[str] = []
+    groups_used: dict[str, int] = {}
     groups = options.fid_groups or 2  # 0: the value alone (the groups are then never used)
     ids = {role: ctx.images(role).patient_ids for role in ("holdout", "synthetic", "train")}
     pick = lambda role, idx: None if ids[role] is None else [ids[role][i] for i in idx]  # noqa: E731
@@ -399,9 +405,17 @@ def _fid_estimates(
     side_ids = {"synthetic": pick("synthetic", syn_idx), "baseline": pick("train", train_idx)}
     out = {}
     for side, x in compared.items():
-        r = fid_jackknife(real, x, n_groups=options.fid_groups, fake_groups=side_ids[side], rng=ctx.rng(f"quality.fid.{side}"))
+        with pywarnings.catch_warnings():  # said in the check's warnings below, not on stderr
+            pywarnings.simplefilter("ignore", RuntimeWarning)
+            r = fid_jackknife(real, x, n_groups=options.fid_groups, fake_groups=side_ids[side], rng=ctx.rng(f"quality.fid.{side}"))
         out[side] = Estimate(None) if not math.isfinite(r.value) else Estimate(r.value, r.ci_low, r.ci_high)
-    return out
+        if options.fid_groups and r.se is None and math.isfinite(r.value):
+            notes.append(
+                f"FID ({side}) has no interval: its sets hold too few patients, or one patient holds nearly all "
+                "of a set's images, to leave a jackknife group out"
+            )
+        groups_used[side] = r.n_groups
+    return out, notes, max(groups_used.values(), default=0)
 
 
 def _cas(
@@ -424,14 +438,11 @@ def _cas(
     if len(set(train_y)) < 2 and len(set(syn_y)) < 2:
         return None, "needs at least two classes in the training or synthetic labels", warnings
     if options.cas_classifier == "cnn":
-        from privaudit.embed.base import Preprocessing
-
-        prep = Preprocessing(size=(CNN_SIZE, CNN_SIZE))
+        from privaudit.embed.base import resized, select
 
         def pixels(role: str, idx: np.ndarray | None = None) -> np.ndarray:
             images = ctx.images(role).images
-            chosen = images if idx is None else [images[i] for i in idx]
-            return prep.apply(chosen)[:, 0].numpy()
+            return resized(images if idx is None else select(images, idx), CNN_SIZE)
 
         test = pixels("holdout", hold_idx)
         seed = int(ctx.rng("quality.cas.cnn").integers(2**31))
