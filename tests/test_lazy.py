@@ -80,6 +80,45 @@ def test_lazy_load_gives_the_same_embeddings(kind, inputs, tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("kind", ["manifest", "npy"])
+def test_embedding_a_lazy_set_reads_one_batch_at_a_time(kind, inputs, tmp_path, monkeypatch):
+    """A cache shard (here 50 images) is handed to the embedder as a lazy view, which reads one
+    batch (16) at a time: the shard's pixels are never held together (at 2048 x 2048, a shard
+    of 2,048 images would be 32 GiB). With and without the cache."""
+    from privaudit.pipeline import _embed_in_shards
+
+    lazy = load_imageset(inputs[kind], role="train", pixel_budget_mb=LAZY)
+    reads: list[int] = []
+    real_read = LazyImages.read
+    monkeypatch.setattr(LazyImages, "read", lambda self, rows: (reads.append(len(rows)), real_read(self, rows))[1])
+    emb = get_embedder("pixels")
+    compute = lambda c: emb.embed(c, batch_size=16)  # noqa: E731
+    cache = EmbeddingCache(tmp_path / "cache")
+    got = cache.embed(emb.fingerprint(), lazy.pixel_digests, lazy.images, emb.dim, compute, shard_size=50)
+    assert reads and max(reads) <= 16 and sum(reads) == len(lazy)
+    reads.clear()
+    np.testing.assert_array_equal(_embed_in_shards(lazy.images, emb.dim, compute, shard_size=50), got)
+    assert max(reads) <= 16 and sum(reads) == len(lazy)
+
+
+def test_large_images_are_scanned_and_iterated_a_few_at_a_time(tmp_path, monkeypatch):
+    """READ_CHUNK images per step, but at most READ_BYTES of them: images of 1 MiB (512 x 512
+    float32) are read 64 at a time with a 64 MiB step, here 2 at a time with a 2 MiB one."""
+    import privaudit.data.lazy as lazy_module
+
+    monkeypatch.setattr(lazy_module, "READ_BYTES", 2 * 2**20)
+    assert lazy_module.rows_per_read(2**20) == 2 and lazy_module.rows_per_read(1) == READ_CHUNK
+    assert lazy_module.rows_per_read(10 * 2**20) == 1
+    arr = np.random.default_rng(1).random((5, 512, 512), dtype=np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    lazy = load_imageset(tmp_path / "x.npy", pixel_budget_mb=LAZY)
+    reads: list[int] = []
+    real_read = LazyImages.read
+    monkeypatch.setattr(LazyImages, "read", lambda self, rows: (reads.append(len(rows)), real_read(self, rows))[1])
+    np.testing.assert_array_equal(np.stack(list(lazy.images)), arr)
+    assert reads == [2, 2, 1]
+
+
 def test_the_sequence_behaves_like_the_tuple(inputs):
     eager = load_imageset(inputs["npy"], pixel_budget_mb=EAGER)
     lazy = load_imageset(inputs["npy"], pixel_budget_mb=LAZY)

@@ -21,6 +21,7 @@ from privaudit import cluster
 from privaudit.checks.base import CHECKS, AuditContext, CheckResult, CheckStatus, EmbeddedSets, Metric
 from privaudit.config import AuditConfig
 from privaudit.data.imageset import ImageSet
+from privaudit.data.lazy import LazyImages
 from privaudit.data.loaders import load_imageset
 from privaudit.embed.base import get_embedder, parse_spec
 from privaudit.embed.cache import SHARD_SIZE, EmbeddingCache
@@ -212,9 +213,9 @@ def _embed(spec: str, sets: Mapping[str, ImageSet | None], config: AuditConfig, 
     remote = cluster.active() if embedder.offload else None
 
     def compute(images: Sequence[np.ndarray]) -> np.ndarray:
-        if remote is not None:
-            return remote.embed(embedder, images, batch_size=config.batch_size)
-        return embedder.embed(images, batch_size=config.batch_size)
+        if remote is not None:  # the cluster is sent pixels: a lazy shard is read here first
+            return remote.embed(embedder, tuple(images) if isinstance(images, LazyImages) else images, batch_size=config.batch_size)
+        return embedder.embed(images, batch_size=config.batch_size)  # reads a lazy shard a batch at a time
 
     shard_size = SHARD_SIZE if remote is None else remote.embed_shard_size
     vectors = {}
@@ -243,7 +244,8 @@ def _embed_in_shards(
     read one shard at a time, never all at once."""
     out = np.empty((len(images), dim), dtype=np.float32)
     for start in range(0, len(images), shard_size):
-        out[start : start + shard_size] = compute(images[start : start + shard_size])
+        rows = range(start, min(start + shard_size, len(images)))
+        out[start : start + shard_size] = compute(images.take(rows) if isinstance(images, LazyImages) else images[start : start + shard_size])
     return out
 
 

@@ -36,8 +36,16 @@ from privaudit.errors import InputError
 #: gives the measurements behind it.
 DEFAULT_PIXEL_BUDGET_MB = 256.0
 ENV_PIXEL_BUDGET = "PRIVAUDIT_PIXEL_BUDGET_MB"
-#: Images read per step when a lazy sequence is iterated or scanned at load time.
+#: Images read per step when a lazy sequence is iterated or scanned at load time, at most...
 READ_CHUNK = 256
+#: ...and at most this many bytes of them (64 MiB: 256 images of 64 x 64, but 4 of 2048 x 2048,
+#: where 256 would be 4 GiB).
+READ_BYTES = 64 * 2**20
+
+
+def rows_per_read(image_bytes: int) -> int:
+    """Images per read step for images of ``image_bytes`` each (see :data:`READ_BYTES`)."""
+    return max(1, min(READ_CHUNK, READ_BYTES // max(1, int(image_bytes))))
 
 
 def pixel_budget_bytes(budget_mb: float | None = None) -> float:
@@ -68,7 +76,7 @@ class LazyImages(Sequence[np.ndarray]):
 
     ``seq[i]`` reads one image; ``seq[a:b]`` reads those images and returns them as a tuple (so
     a slice of 10,000 holds 10,000 decoded images: take slices of a batch's size); iteration
-    reads :data:`READ_CHUNK` images at a time. Every image is checked against the digest
+    reads :data:`READ_CHUNK` images (at most :data:`READ_BYTES`) at a time. Every image is checked against the digest
     recorded when the set was loaded. Subclasses implement :meth:`_read`.
 
     Attributes:
@@ -110,8 +118,9 @@ class LazyImages(Sequence[np.ndarray]):
         return self.read([i])[0]
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for start in range(0, len(self), READ_CHUNK):
-            yield from self.read(range(start, min(start + READ_CHUNK, len(self))))
+        step = rows_per_read(4 * int(self.shapes.prod(axis=1).max())) if len(self) else 1  # float32 pixels
+        for start in range(0, len(self), step):
+            yield from self.read(range(start, min(start + step, len(self))))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {len(self)} images from {self.label}, read on access>"

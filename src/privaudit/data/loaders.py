@@ -18,7 +18,6 @@ import numpy as np
 from privaudit.data.convert import to_working
 from privaudit.data.imageset import ImageSet, SkippedFile, text_column
 from privaudit.data.lazy import (
-    READ_CHUNK,
     ArrayImages,
     FileImages,
     LazyImages,
@@ -28,6 +27,7 @@ from privaudit.data.lazy import (
     pixel_budget_bytes,
     pixel_digest,
     read_rows,
+    rows_per_read,
 )
 from privaudit.data.readers import UnreadableImage, is_image_file, read_image
 from privaudit.errors import InputError
@@ -259,6 +259,12 @@ def _load_array_file(path: Path, *, label: str, budget: float) -> ImageSet:
         images = loaded
         # Rows are read from the file with ordinary reads, not through the map (see privaudit.data.lazy).
         layout = npy_layout(path, loaded) if images.ndim in (3, 4) and images.dtype.kind in "biuf" else None
+        if layout is None:
+            # Fortran order (or not images at all): read into memory now rather than keep the
+            # map open for the run, where a file truncated meanwhile would kill the process
+            # (SIGBUS) instead of giving a one-line error; such files are held like an .npz.
+            images = np.array(loaded)
+            del loaded
     return _from_array(images, patient_ids=patient_ids, labels=labels, source=str(path), label=label, budget=budget, layout=layout)
 
 
@@ -284,7 +290,7 @@ def _from_array(
     layout: NpyLayout | None = None,
 ) -> ImageSet:
     """An ImageSet from an ``(N, H, W[, C])`` array (an ``.npz``'s, or an ``.npy`` read through
-    ``layout``), converted and hashed ``READ_CHUNK`` images at a time."""
+    ``layout``), converted and hashed :func:`rows_per_read` images at a time."""
     if images.dtype.kind not in "biuf":
         raise InputError(f"{label}: {source}: images have dtype {images.dtype}; expected numbers")
     if images.ndim == 4 and images.shape[-1] not in (1, 2, 3, 4):
@@ -309,8 +315,9 @@ def _from_array(
     try:
         with contextlib.ExitStack() as stack:
             handle = stack.enter_context(open(source, "rb")) if layout is not None else None
-            for start in range(0, n, READ_CHUNK):
-                stop = min(start + READ_CHUNK, n)
+            step = rows_per_read(int(np.prod(images.shape[1:])) * images.dtype.itemsize)
+            for start in range(0, n, step):
+                stop = min(start + step, n)
                 raw = read_rows(handle, layout, start, stop) if layout is not None else images[start:stop]
                 finite = np.isfinite(raw.reshape(stop - start, -1)).all(axis=1) if raw.dtype.kind == "f" else None
                 for k in range(stop - start):

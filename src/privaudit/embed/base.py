@@ -78,6 +78,26 @@ class Preprocessing:
         return ((resized - mean) / std).contiguous()
 
 
+def select(images: Sequence[np.ndarray], indices: Sequence[int] | np.ndarray) -> Sequence[np.ndarray]:
+    """``images`` at ``indices``, without reading a lazy set: its view is read when used."""
+    from privaudit.data.lazy import LazyImages
+
+    if isinstance(images, LazyImages):
+        return images.take(indices)
+    return [images[int(i)] for i in indices]
+
+
+def resized(images: Sequence[np.ndarray], size: int, *, batch_size: int = 256) -> np.ndarray:
+    """Working-format images resized to ``(n, size, size)`` float32, ``batch_size`` read and
+    resized at a time: a lazy set of large images is never held at full size (5,000 images of
+    2048 x 2048 would be 80 GB; at 64 x 64 they are 80 MB)."""
+    prep = Preprocessing(size=(size, size))
+    out = np.empty((len(images), size, size), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        out[start : start + batch_size] = prep.apply(images[start : start + batch_size])[:, 0].numpy()
+    return out
+
+
 def _resize(batch: torch.Tensor, h: int, w: int) -> torch.Tensor:
     if batch.shape[-2:] == (h, w):
         return batch.clone()

@@ -242,8 +242,13 @@ class EmbeddingCache:
 
 
 def _gather(images: Sequence[np.ndarray], rows: np.ndarray) -> Sequence[np.ndarray]:
-    """``images`` at ``rows``: one slice when the rows are consecutive (the usual case: nothing
-    cached yet), which a lazy sequence reads in one go."""
+    """``images`` at ``rows``. A lazy sequence gives a lazy view, which the embedder reads one
+    batch at a time (a shard of 2,048 images of 2048 x 2048 held at once would be 32 GiB);
+    held images are sliced when the rows are consecutive (the usual case: nothing cached yet)."""
+    from privaudit.data.lazy import LazyImages
+
+    if isinstance(images, LazyImages):
+        return images.take(rows)
     if rows.size and int(rows[-1]) - int(rows[0]) == rows.size - 1:
         return images[int(rows[0]) : int(rows[-1]) + 1]
     return [images[int(i)] for i in rows]

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from privaudit.data.imageset import ImageSet
-from privaudit.embed.base import EMBEDDERS, Embedder, Preprocessing
+from privaudit.embed.base import EMBEDDERS, Embedder, Preprocessing, resized, select
 from privaudit import transforms
 
 log = logging.getLogger(__name__)
@@ -137,11 +136,6 @@ def _augment(image: np.ndarray, rng: np.random.Generator, *, crop_min: float = 0
     if rng.random() < 0.4:
         out = transforms.noise(out, rng)
     return out
-
-
-def _resize_all(images: Sequence[np.ndarray], size: int) -> np.ndarray:
-    batch = Preprocessing(size=(size, size)).apply(list(images))
-    return batch[:, 0].numpy()
 
 
 def _subsample(train: ImageSet, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -269,7 +263,7 @@ class CopyDetectEmbedder(Embedder):
             rng = np.random.default_rng(seed)
             idx = _subsample(train, self.options.max_images, rng)
             log.info("copydetect: fitting on %d training images (%d steps)", len(idx), self.options.steps_for(len(idx)))
-            net, self.fit_stats = fit_copynet(_resize_all([train.images[i] for i in idx], self.options.size), self.options, seed=seed)
+            net, self.fit_stats = fit_copynet(resized(select(train.images, idx), self.options.size), self.options, seed=seed)
             if cache is not None:
                 cache.save_model(self.name, key, net.state_dict())  # type: ignore[attr-defined]
         net.eval()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from privaudit.data.imageset import ImageSet
-from privaudit.embed.base import EMBEDDERS, Embedder, Preprocessing
+from privaudit.embed.base import EMBEDDERS, Embedder, Preprocessing, select
 from privaudit.embed.imagenet import LITE_MEAN, LITE_STD, WEIGHTS_SHA256, load_pretrained
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class IdentityEmbedder(Embedder):
     def fit_key(self) -> str | None:
         return self._fit_key
 
-    def trunk_features(self, images: list[np.ndarray], *, batch_size: int = 64) -> np.ndarray:
+    def trunk_features(self, images: Sequence[np.ndarray], *, batch_size: int = 64) -> np.ndarray:
         """The frozen grid features of working-format images (before the fitted metric)."""
         out = []
         with torch.inference_mode():
@@ -214,7 +215,7 @@ class IdentityEmbedder(Embedder):
             rng = np.random.default_rng(seed)
             idx = _subsample(pids, len(train), self.options.max_images, rng)
             log.info("identity: fitting the probe on %d training images", len(idx))
-            feats = self.trunk_features([train.images[i] for i in idx])
+            feats = self.trunk_features(select(train.images, idx))  # read a batch at a time
             mean_np, proj_np, note = fit_metric(
                 feats, None if pids is None else np.asarray(pids)[idx], dim=self.options.dim, shrinkage=self.options.shrinkage
             )
