@@ -89,9 +89,10 @@ def main() -> None:
         # Members: noisy copies of synthetic vectors (a leak), non-members fresh.
         members = unit(synthetic[: args.targets // 2] + 0.3 * rng.normal(size=(args.targets // 2, args.dim)))
         targets = np.concatenate([members, unit(rng.normal(size=(args.targets - args.targets // 2, args.dim)))])
-        data = AttackData(synthetic=synthetic, reference=reference)
         for name in ("dcr", "dcr_calibrated", "knn_count", "domias"):
-            t_f, s_f = timed(lambda: ATTACKS.get(name)(targets, data, options), repeats=2)
+            # Fresh data for each run: AttackData remembers its searches, so a second run on the
+            # same object would be served from the first.
+            t_f, s_f = timed(lambda: ATTACKS.get(name)(targets, AttackData(synthetic=synthetic, reference=reference), options), repeats=2)
             row: dict[str, object] = {"n": n, "attack": name, "faiss_s": round(t_f, 4)}
             if name != "domias":
                 t_s, s_s = timed(lambda: sklearn_scores(name, targets, synthetic, reference, options.k, args.threads), repeats=2)

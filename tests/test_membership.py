@@ -164,6 +164,28 @@ def test_every_attack_separates_planted_members_in_vector_space():
         assert roc_auc(s[:50], s[50:]) > (0.8 if name == "knn_count" else 0.9), name
 
 
+def test_attacks_share_their_searches_and_score_as_if_alone():
+    """dcr, dcr_calibrated and knn_count need the same nearest-neighbour searches; through one
+    AttackData (and a control sharing its reference set) each search runs once, and every
+    score equals the attack's score on fresh data of its own."""
+    rng = np.random.default_rng(1)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    targets, synthetic, reference, control_syn = (unit(rng.normal(size=(n, 8))) for n in (60, 150, 120, 90))
+    data = AttackData(synthetic=synthetic, reference=reference)
+    control = AttackData(synthetic=control_syn, reference=reference, searches=data.searches)
+    options = MembershipOptions()
+    for name in ("dcr", "dcr_calibrated", "knn_count"):
+        for d in (data, control):
+            alone = ATTACKS.get(name)(targets, AttackData(synthetic=d.synthetic, reference=d.reference), options)
+            np.testing.assert_array_equal(ATTACKS.get(name)(targets, d, options), alone)
+    # targets x synthetic, x reference (shared by the control), x the control's synthetic set,
+    # and one knn_count pool per data: 5 searches where each attack alone ran 12 in all.
+    assert data.searches.searches == 5
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from privaudit.errors import InputError
-from privaudit.search import knn, knn_excluding_self, knn_reference
+from privaudit.search import knn, knn_excluding_self, knn_reference, self_knn
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -63,6 +63,25 @@ def test_leave_one_group_out_matches_brute_force():
         assert all(groups[j] != groups[i] for j in row if j >= 0)
     solo = knn_excluding_self(x, k=2)
     np.testing.assert_allclose(solo.similarities, _slow_excluding(x, np.arange(60), 2), atol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [1, 7, 32, 4096], ids=["tile1", "tile7", "tile32", "one-tile"])
+def test_self_knn_computes_half_the_product_and_equals_brute_force(tile):
+    """The upper-triangle tiled self-search (each tile serves its rows and, transposed, its
+    columns) against the numpy brute force, across tile sizes that split the set unevenly."""
+    rng = np.random.default_rng(8)
+    x = _unit(rng, 130, 16)
+    x[5] = x[77]  # an exact duplicate across tiles
+    nb, ref = self_knn(x, k=4, tile=tile), knn_reference(x, x, k=4)
+    np.testing.assert_allclose(nb.similarities, ref.similarities, atol=1e-6)
+    assert (np.diff(nb.similarities, axis=1) <= 0).all()
+    # The same neighbours, the duplicates 5 and 77 being interchangeable (no other ties here).
+    same = lambda idx: np.where(idx == 77, 5, idx)  # noqa: E731
+    distinct = np.setdiff1d(np.arange(130), [5, 77])
+    np.testing.assert_array_equal(same(nb.indices[distinct]), same(ref.indices[distinct]))
+    assert set(nb.indices[5, :2]) == set(nb.indices[77, :2]) == {5, 77}
+    with pytest.raises(InputError, match="k must lie in"):
+        self_knn(x, k=131)
 
 
 def test_one_group_has_no_admissible_neighbour():

@@ -314,6 +314,99 @@ def knn_reference(queries: np.ndarray, base: np.ndarray, *, k: int = 1) -> Neigh
     return Neighbors(np.take_along_axis(sims, order, axis=1).astype(np.float32), order.astype(np.int64))
 
 
+class NeighborMemo:
+    """Exact k-NN searches remembered by the arrays searched, so that the parts of a check that
+    need the same search (several attacks of the membership check; an attack and its control,
+    which share the reference set) run it once.
+
+    The arrays are kept with their results, so an id is never reused for another array while
+    the memo lives; a later request for fewer neighbours is served from a larger search.
+
+    Example:
+        >>> import numpy as np
+        >>> memo, x = NeighborMemo(), np.eye(3, dtype=np.float32)
+        >>> memo.knn(x, x, k=2) is not None, memo.knn(x, x, k=1).indices.ravel().tolist(), memo.searches
+        (True, [0, 1, 2], 1)
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Neighbors]] = {}
+        #: Searches actually run.
+        self.searches = 0
+
+    def knn(self, queries: np.ndarray, base: np.ndarray, *, k: int = 1) -> Neighbors:
+        """:func:`knn` (exact) of ``queries`` in ``base``, or its remembered result."""
+        key = (id(queries), id(base))
+        hit = self._found.get(key)
+        if hit is not None and hit[0] is queries and hit[1] is base and hit[2].k >= k:
+            return hit[2].first(k)
+        found = knn(queries, base, k=k)
+        self.searches += 1
+        self._found[key] = (queries, base, found)
+        return found
+
+
+#: Rows and columns of one tile of :func:`self_knn`'s product: 4096 x 4096 float32 is 64 MB.
+SELF_TILE = 4096
+
+
+def self_knn(vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE) -> Neighbors:
+    """The ``k`` most similar vectors of each vector of one set, itself included, exact.
+
+    Why not FAISS: searching a set in itself through ``IndexFlatIP`` computes every inner
+    product twice (``x_i . x_j`` for row i, and again for row j). This pass computes only the
+    upper triangle of tiles of ``X X^T`` and takes each tile's best values along both axes, so
+    it costs about half a product (``benchmarks/audit_scale.py`` measures it against the raw
+    product). The similarities are float32 inner products, as FAISS's are (they may differ from
+    FAISS's in the last bit: the sums run in another order).
+
+    Args:
+        vectors: ``(n, d)`` vectors (unit rows for cosine similarity).
+        k: neighbours per vector, the vector itself among them (at most ``n``).
+        tile: rows (and columns) of one tile; bounds memory, not results.
+
+    Returns:
+        :class:`Neighbors`, most similar first (ties in any order).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.eye(3, dtype=np.float32)
+        >>> self_knn(x, k=1).indices.ravel().tolist()
+        [0, 1, 2]
+    """
+    import torch
+
+    _, x = _validate(vectors, vectors, k)
+    if tile < 1:
+        raise ValueError(f"tile must be at least 1; got {tile}")
+    n = x.shape[0]
+    xt = torch.from_numpy(x)
+    best_v = torch.full((n, k), -math.inf)
+    best_i = torch.full((n, k), -1, dtype=torch.int64)
+    buf = torch.empty(min(tile, n) ** 2)
+
+    def merge(lo: int, hi: int, values: torch.Tensor, indices: torch.Tensor) -> None:
+        top = torch.topk(torch.cat([best_v[lo:hi], values], dim=1), k, dim=1)
+        best_i[lo:hi] = torch.gather(torch.cat([best_i[lo:hi], indices], dim=1), 1, top.indices)
+        best_v[lo:hi] = top.values
+
+    with torch.inference_mode():
+        for i0 in range(0, n, tile):
+            i1 = min(i0 + tile, n)
+            for j0 in range(i0, n, tile):
+                j1 = min(j0 + tile, n)
+                g = buf[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
+                torch.mm(xt[i0:i1], xt[j0:j1].T, out=g)
+                top = torch.topk(g, min(k, j1 - j0), dim=1)
+                merge(i0, i1, top.values, top.indices + j0)
+                if j0 != i0:  # the same tile, transposed, serves the rows j0:j1
+                    top = torch.topk(g, min(k, i1 - i0), dim=0)
+                    merge(j0, j1, top.values.T, top.indices.T + i0)
+    order = torch.argsort(best_v, dim=1, descending=True, stable=True)
+    sims = torch.gather(best_v, 1, order).numpy().astype(np.float32)
+    return Neighbors(sims, torch.gather(best_i, 1, order).numpy())
+
+
 def knn_excluding_self(
     vectors: np.ndarray,
     *,
@@ -343,7 +436,10 @@ def knn_excluding_self(
         largest = int(np.bincount(group_ids).max())
     # The query's own group occupies at most `largest` slots of its neighbour list.
     want = min(n, k + largest)
-    found = knn(vectors, vectors, k=want, chunk_size=chunk_size)
+    if _remote is not None:
+        found = knn(vectors, vectors, k=want, chunk_size=chunk_size)  # sharded on the cluster
+    else:
+        found = self_knn(vectors, k=want)
     sims = np.full((n, k), -np.inf, dtype=np.float32)
     idx = np.full((n, k), -1, dtype=np.int64)
     for i in range(n):

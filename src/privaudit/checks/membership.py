@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,7 @@ import numpy as np
 from privaudit.checks.base import CHECKS, AuditContext, Check, CheckResult, CheckStatus, Direction, Metric, MetricSpec
 from privaudit.errors import ConfigError
 from privaudit.registry import Registry
-from privaudit.search import knn
+from privaudit.search import NeighborMemo
 from privaudit.stats import attacker_advantage, lowest_resolvable_fpr, roc_auc, roc_points, thin_roc, tpr_at_fpr, weighted_auc
 
 THREAT_MODEL = (
@@ -72,10 +72,20 @@ FPR_LEVELS = (0.001, 0.01, 0.1)
 
 @dataclass(frozen=True)
 class AttackData:
-    """What an attack may use: the synthetic set and the reference set (unit vectors, one space)."""
+    """What an attack may use: the synthetic set and the reference set (unit vectors, one space).
+
+    Attributes:
+        synthetic, reference: the two sets.
+        searches: where attacks run their k-NN searches (``data.searches.knn(targets, base,
+            k=...)``), so that attacks needing the same search share it: ``dcr``,
+            ``dcr_calibrated`` and ``knn_count`` all need each target's nearest synthetic and
+            reference image, and the control's data shares the reference set (one search for
+            both instead of four).
+    """
 
     synthetic: np.ndarray
     reference: np.ndarray
+    searches: NeighborMemo = field(default_factory=NeighborMemo, compare=False, repr=False)
 
 
 #: An attack: ``(targets, data, options) -> scores``, one score per target row, higher = member.
@@ -86,14 +96,14 @@ ATTACKS: Registry[Attack] = Registry("attack", entry_point_group="privaudit.atta
 @ATTACKS.register("dcr")
 def dcr(targets: np.ndarray, data: AttackData, options: MembershipOptions) -> np.ndarray:
     """Similarity to the closest synthetic image (``-min_S d`` with ``d = 1 - cos``)."""
-    return knn(targets, data.synthetic, k=1).similarities[:, 0].astype(np.float64)
+    return data.searches.knn(targets, data.synthetic, k=1).similarities[:, 0].astype(np.float64)
 
 
 @ATTACKS.register("dcr_calibrated")
 def dcr_calibrated(targets: np.ndarray, data: AttackData, options: MembershipOptions) -> np.ndarray:
     """``-(min_S d - min_R d)``: closer to the synthetic set than to real non-members."""
-    s = knn(targets, data.synthetic, k=1).similarities[:, 0].astype(np.float64)
-    r = knn(targets, data.reference, k=1).similarities[:, 0].astype(np.float64)
+    s = data.searches.knn(targets, data.synthetic, k=1).similarities[:, 0].astype(np.float64)
+    r = data.searches.knn(targets, data.reference, k=1).similarities[:, 0].astype(np.float64)
     return s - r
 
 
@@ -138,7 +148,7 @@ def knn_count(targets: np.ndarray, data: AttackData, options: MembershipOptions)
     calibrated distance so that the ROC is not a staircase of a few counts."""
     pool = np.concatenate([data.synthetic, data.reference])
     k = int(min(options.k, len(pool)))
-    nb = knn(targets, pool, k=k)
+    nb = data.searches.knn(targets, pool, k=k)
     c_s = (nb.indices < len(data.synthetic)).sum(axis=1).astype(np.float64)
     c_r = k - c_s
     score = np.log((c_s + 0.5) / len(data.synthetic)) - np.log((c_r + 0.5) / len(data.reference))
@@ -420,7 +430,7 @@ class MembershipCheck(Check):
             space = ctx.space_of(spec)
             train_v, hold_v = space.train, space.holdout
             data = AttackData(synthetic=space.synthetic, reference=np.ascontiguousarray(hold_v[split.reference]))
-            control = AttackData(synthetic=np.ascontiguousarray(train_v[split.control]), reference=data.reference)
+            control = AttackData(synthetic=np.ascontiguousarray(train_v[split.control]), reference=data.reference, searches=data.searches)
             targets = np.concatenate([train_v[split.members], hold_v[split.nonmembers]])
             nm = len(split.members)
             for name in options.attacks:
