@@ -380,28 +380,48 @@ def self_knn(vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE) -> Neigh
     if tile < 1:
         raise ValueError(f"tile must be at least 1; got {tile}")
     n = x.shape[0]
-    xt = torch.from_numpy(x)
     best_v = torch.full((n, k), -math.inf)
     best_i = torch.full((n, k), -1, dtype=torch.int64)
-    buf = torch.empty(min(tile, n) ** 2)
+    side = min(tile, n)
+    prod, flipped = np.empty(side * side, dtype=np.float32), torch.empty(side * side)
 
-    def merge(lo: int, hi: int, values: torch.Tensor, indices: torch.Tensor) -> None:
-        top = torch.topk(torch.cat([best_v[lo:hi], values], dim=1), k, dim=1)
-        best_i[lo:hi] = torch.gather(torch.cat([best_i[lo:hi], indices], dim=1), 1, top.indices)
-        best_v[lo:hi] = top.values
+    def merge(lo: int, g: torch.Tensor, offset: int, *, columns: bool = False) -> None:
+        """Fold the rows of ``g`` (or its columns: rows ``lo...`` of the set, the other axis
+        starting at ``offset``) into the best lists. Only rows whose best value beats their
+        current k-th are sorted: finding them is one vectorised max, and after the first
+        tiles few are left."""
+        count = g.shape[1] if columns else g.shape[0]
+        rows = slice(lo, lo + count)
+        need = torch.nonzero(g.amax(dim=0 if columns else 1) > best_v[rows, -1]).ravel()
+        if need.numel() == 0:
+            return
+        if columns:
+            # Gathered contiguous first: a top-k down the columns of a 4,096 x 4,096 tile took
+            # 0.080 s, a copy and a top-k along rows 0.039 s.
+            sub = flipped[: need.numel() * g.shape[0]].view(need.numel(), g.shape[0])
+            sub.copy_(g.T if need.numel() == count else g[:, need].T)
+        else:
+            sub = g if need.numel() == count else g[need]
+        top = torch.topk(sub, min(k, sub.shape[1]), dim=1)
+        at = need + lo
+        both_v = torch.cat([best_v[at], top.values], dim=1)
+        both_i = torch.cat([best_i[at], top.indices + offset], dim=1)
+        keep = torch.topk(both_v, k, dim=1)
+        best_v[at] = keep.values
+        best_i[at] = torch.gather(both_i, 1, keep.indices)
 
     with torch.inference_mode():
         for i0 in range(0, n, tile):
             i1 = min(i0 + tile, n)
             for j0 in range(i0, n, tile):
                 j1 = min(j0 + tile, n)
-                g = buf[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
-                torch.mm(xt[i0:i1], xt[j0:j1].T, out=g)
-                top = torch.topk(g, min(k, j1 - j0), dim=1)
-                merge(i0, i1, top.values, top.indices + j0)
+                # numpy's BLAS: 0.21 s per 4,096 x 4,096 x 1,024 tile here, torch.mm 0.28 s.
+                g_np = prod[: (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)
+                np.matmul(x[i0:i1], x[j0:j1].T, out=g_np)
+                g = torch.from_numpy(g_np)
+                merge(i0, g, j0)
                 if j0 != i0:  # the same tile, transposed, serves the rows j0:j1
-                    top = torch.topk(g, min(k, i1 - i0), dim=0)
-                    merge(j0, j1, top.values.T, top.indices.T + i0)
+                    merge(j0, g, i0, columns=True)
     order = torch.argsort(best_v, dim=1, descending=True, stable=True)
     sims = torch.gather(best_v, 1, order).numpy().astype(np.float32)
     return Neighbors(sims, torch.gather(best_i, 1, order).numpy())
