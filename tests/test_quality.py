@@ -157,6 +157,8 @@ def test_options_embedder_spaces_and_validation():
         ({"fid_groups": -1}, "quality.fid_groups must be an integer of at least 0"),
         ({"fid_groups": 1}, "must be 0 \\(no interval\\) or at least 2"),
         ({"kid_subset": 10}, "unknown key 'kid_subset' \\(did you mean 'kid_subsets'\\?\\)"),
+        # A key of an earlier version is named with what replaced it.
+        ({"fid_bootstrap": 20}, "\\[quality\\]: 'fid_bootstrap' was replaced by fid_groups \\(0.3.1: FID's interval comes from a delete-a-group jackknife"),
     ]:
         with pytest.raises(ConfigError, match=message):
             AuditConfig.from_dict({"quality": bad})

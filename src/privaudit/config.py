@@ -61,7 +61,10 @@ def build_dataclass(cls: type, data: Mapping[str, Any], *, where: str) -> Any:
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}
+    renamed: Mapping[str, str] = getattr(cls, "RENAMED", {})
     for key, value in data.items():
+        if key in renamed and key not in names:
+            raise ConfigError(f"{where}: {key!r} was replaced by {renamed[key]}")
         if key not in names:
             raise ConfigError(
                 f"{where}: unknown key {key!r}{did_you_mean(key, names)}; known keys: {', '.join(names)}"

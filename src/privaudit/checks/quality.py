@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import warnings as pywarnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -75,8 +75,8 @@ class QualityOptions:
             capped at half the smaller set, so that subsets differ and their spread means
             something.
         fid_groups: groups of the delete-a-group jackknife behind FID's standard error (0: no
-            interval). Patients are dealt into groups where ids are known (holdout, training),
-            images otherwise (synthetic). Each group costs one FID from statistics computed
+            interval). Patients are dealt into groups where a set has patient ids (largest
+            first, into the group with the fewest images), images otherwise. Each group costs one FID from statistics computed
             once: milliseconds below ~1,000 images, about 0.2 s in 1,024 dimensions.
         max_compared: at most this many images per side (synthetic, training, holdout) enter
             the figures, drawn with the audit seed (0: all). Exact PRDC grows as N²; 20,000
@@ -95,6 +95,12 @@ class QualityOptions:
     max_compared: int = 20_000
     cas_classifier: Literal["linear", "cnn"] = "linear"
     cas_bootstrap: int = 1000
+
+    #: Options of earlier versions, with what replaced them (a config naming one is refused with
+    #: this, not with a bare "unknown key").
+    RENAMED: ClassVar[dict[str, str]] = {
+        "fid_bootstrap": "fid_groups (0.3.1: FID's interval comes from a delete-a-group jackknife; the bootstrap's was 6 to 11x too wide)",
+    }
 
     def __post_init__(self) -> None:
         if self.embedder is not None:
