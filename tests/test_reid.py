@@ -147,6 +147,28 @@ def test_not_assessed_with_a_reason(attack_study, case, reason):
     assert r.status is CheckStatus.NOT_ASSESSED and reason in r.reason and r.n_linked == 0
 
 
+def test_reid_shares_the_searches_copies_made_in_the_same_space(attack_study, half_copied, monkeypatch):
+    """With reid in a space of the copies check, the searches both need (synthetic -> training,
+    holdout -> training) run once, through the audit context; reid's figures are those of reid
+    alone."""
+    import privaudit.checks.base as base
+    import privaudit.checks.reid as reid_module
+    from privaudit import search
+
+    calls: list[tuple[int, int]] = []
+    spy = lambda q, b, *, k=1, **kw: (calls.append((len(q), len(b))), search.knn(q, b, k=k, **kw))[1]  # noqa: E731
+    monkeypatch.setattr(base, "knn", spy)
+    monkeypatch.setattr(reid_module, "knn", spy, raising=False)  # where reid searched on its own before
+    syn, train, hold = half_copied[0], attack_study.train, attack_study.holdout
+    both = AuditConfig.from_dict({"embedders": ["pixels"], "checks": ["copies", "reid"], "embedder_options": ATTACKS_EMBEDDER_OPTIONS,
+                                  "reid": {"embedder": "pixels", "min_probe_auc": 0.5}, "copies": {"positive_control": 0, "bootstrap": 0}})
+    r = audit(train, syn, hold, config=both).checks["reid"]
+    assert r.status is CheckStatus.ASSESSED
+    assert calls.count((len(syn), len(train))) == 1 and calls.count((len(hold), len(train))) == 1
+    alone = audit(train, syn, hold, config=cfg(embedder="pixels", min_probe_auc=0.5)).checks["reid"]
+    assert (r.n_linked, r.n_null, r.patients, r.metrics) == (alone.n_linked, alone.n_null, alone.patients, alone.metrics)
+
+
 def test_probe_power_on_hand_made_vectors():
     """Two patients of two identical vectors each, orthogonal to each other: AUC 1, top-1 1.
     Patients (v0, v1) and (v1, v0): both same-patient pairs score 0; of the different-patient

@@ -38,7 +38,7 @@ import numpy as np
 
 from privaudit.checks.base import CHECKS, AuditContext, Check, CheckResult, CheckStatus, Direction, Metric, MetricSpec
 from privaudit.errors import ConfigError
-from privaudit.search import knn, knn_excluding_self
+from privaudit.search import knn_excluding_self
 from privaudit.stats import (
     benjamini_hochberg,
     bh_detection_floor,
@@ -206,10 +206,12 @@ class ReidCheck(Check):
             )
 
         # Linkage scores (see the module docstring): ratio of distances to real non-members and to training.
-        syn_nb = knn(space.synthetic, space.train, k=1)
+        # Through the audit context: a check that asks the same search in the same space (copies,
+        # when reid runs in one of its spaces) shares it.
+        syn_nb = ctx.neighbors("synthetic", "train", k=1, embedder=options.embedder)
         s_train = syn_nb.similarities[:, 0].astype(np.float64)
-        s_ref = knn(space.synthetic, space.holdout, k=1).similarities[:, 0].astype(np.float64)  # type: ignore[arg-type]
-        n_train = knn(space.holdout, space.train, k=1).similarities[:, 0].astype(np.float64)  # type: ignore[arg-type]
+        s_ref = ctx.neighbors("synthetic", "holdout", k=1, embedder=options.embedder).similarities[:, 0].astype(np.float64)
+        n_train = ctx.neighbors("holdout", "train", k=1, embedder=options.embedder).similarities[:, 0].astype(np.float64)
         n_ref = knn_excluding_self(space.holdout, k=1, groups=hold_pids).similarities[:, 0].astype(np.float64)  # type: ignore[arg-type]
         keep = np.isfinite(n_ref)  # a holdout of one patient has no other-patient reference
         syn_score = _ratio(s_train, s_ref)
