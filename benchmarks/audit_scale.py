@@ -21,6 +21,8 @@ Usage::
     python benchmarks/audit_scale.py                       # N = 1000, 10000
     python benchmarks/audit_scale.py --sizes 1000,10000,100000 --checks copies,quality
     python benchmarks/audit_scale.py --sizes 10000 --checks copies,membership --format png
+    python benchmarks/audit_scale.py --sizes 1000,10000,100000 --checks copies,metadata,quality \
+        --format png --study-dir /work/study       # the README's 100k run (~50 min with the study)
 
 The last line printed is one JSON object with every figure.
 """
@@ -84,7 +86,7 @@ def _write_png_set(images, folder: Path, role: str) -> Path:
 
     from PIL import Image
 
-    (folder / role).mkdir()
+    (folder / role).mkdir(exist_ok=True)
     manifest = folder / f"{role}.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -95,6 +97,17 @@ def _write_png_set(images, folder: Path, role: str) -> Path:
             label = images.labels[k] if images.labels else "0"
             writer.writerow([rel, images.patient_ids[k], label] if images.patient_ids is not None else [rel, label])
     return manifest
+
+
+def kept_study(n: int, study_dir: Path, fmt: str) -> dict[str, Path] | None:
+    """The paths of a study that an earlier run kept in ``study_dir`` (``--study-dir``), or None.
+
+    ``paths.json`` is written only after every set was written, so a study whose generation was
+    interrupted is made again."""
+    marker = study_dir / f"n{n}-{fmt}" / "paths.json"
+    if not marker.is_file():
+        return None
+    return {k: Path(v) for k, v in json.loads(marker.read_text()).items()}
 
 
 def in_child(call: str) -> object:
@@ -173,6 +186,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--format", choices=FORMATS, default="npy", help="how the study is written (default npy)")
     ap.add_argument("--workdir", default=None, help="where to write the studies (default: a temporary folder)")
+    ap.add_argument("--study-dir", default=None,
+                    help="keep each generated study in DIR/n<N>-<format> and reuse it when it is already there "
+                         "(generating 100k is ~15 min); the caches and outputs stay in the temporary folder")
     ap.add_argument("--pixel-budget-mb", default=None,
                     help="PRIVAUDIT_PIXEL_BUDGET_MB for the audits (default: as set in the environment, else privaudit's default)")
     args = ap.parse_args()
@@ -186,7 +202,15 @@ def main() -> None:
         for n in sizes:
             folder = root / f"n{n}"
             folder.mkdir()
-            paths = {k: Path(v) for k, v in in_child(f"study_paths({n}, {str(folder)!r}, {args.format!r})").items()}
+            paths = kept_study(n, Path(args.study_dir), args.format) if args.study_dir else None
+            if paths is None:
+                study = Path(args.study_dir) / f"n{n}-{args.format}" if args.study_dir else folder
+                study.mkdir(parents=True, exist_ok=True)
+                paths = {k: Path(v) for k, v in in_child(f"study_paths({n}, {str(study)!r}, {args.format!r})").items()}
+                if args.study_dir:
+                    (study / "paths.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}))
+            else:
+                print(f"  study N={n}: reused from {args.study_dir}", flush=True)
             cache = folder / "cache"
             cold = run_audit(paths, folder / "cold", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb)
             warm = run_audit(paths, folder / "warm", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb)
