@@ -58,7 +58,7 @@ import numpy as np
 from privaudit.checks.base import CHECKS, AuditContext, Check, CheckResult, CheckStatus, Direction, Metric, MetricSpec
 from privaudit.errors import ConfigError
 from privaudit.registry import Registry
-from privaudit.search import NeighborMemo
+from privaudit.search import NeighborMemo, knn
 from privaudit.stats import attacker_advantage, lowest_resolvable_fpr, roc_auc, roc_points, thin_roc, tpr_at_fpr, weighted_auc
 
 THREAT_MODEL = (
@@ -148,7 +148,9 @@ def knn_count(targets: np.ndarray, data: AttackData, options: MembershipOptions)
     calibrated distance so that the ROC is not a staircase of a few counts."""
     pool = np.concatenate([data.synthetic, data.reference])
     k = int(min(options.k, len(pool)))
-    nb = data.searches.knn(targets, pool, k=k)
+    # Not remembered: no other attack searches this pool, and the memo would keep it (a copy of
+    # the synthetic and reference sets) alive for the rest of the check.
+    nb = knn(targets, pool, k=k)
     c_s = (nb.indices < len(data.synthetic)).sum(axis=1).astype(np.float64)
     c_r = k - c_s
     score = np.log((c_s + 0.5) / len(data.synthetic)) - np.log((c_r + 0.5) / len(data.reference))
