@@ -24,7 +24,7 @@ from privaudit.data.imageset import ImageSet
 from privaudit.data.lazy import LazyImages
 from privaudit.data.loaders import load_imageset
 from privaudit.embed.base import get_embedder, parse_spec
-from privaudit.embed.cache import SHARD_SIZE, EmbeddingCache
+from privaudit.embed.cache import SHARD_SIZE, EmbeddingCache, gather
 from privaudit.errors import InputError, OutputError
 from privaudit.patients import patient_view
 from privaudit.policy import Policy
@@ -244,8 +244,7 @@ def _embed_in_shards(
     read one shard at a time, never all at once."""
     out = np.empty((len(images), dim), dtype=np.float32)
     for start in range(0, len(images), shard_size):
-        rows = range(start, min(start + shard_size, len(images)))
-        out[start : start + shard_size] = compute(images.take(rows) if isinstance(images, LazyImages) else images[start : start + shard_size])
+        out[start : start + shard_size] = compute(gather(images, np.arange(start, min(start + shard_size, len(images)))))
     return out
 
 

@@ -180,7 +180,7 @@ class EmbeddingCache:
         stats.embedded += int(missing.size)
         for start in range(0, missing.size, shard_size):
             rows = missing[start : start + shard_size]
-            chunk = compute(_gather(images, rows))
+            chunk = compute(gather(images, rows))
             vectors[rows] = chunk
             self.store(fingerprint, [digests[i] for i in rows], chunk)
         return vectors
@@ -241,14 +241,13 @@ class EmbeddingCache:
         return files, size
 
 
-def _gather(images: Sequence[np.ndarray], rows: np.ndarray) -> Sequence[np.ndarray]:
+def gather(images: Sequence[np.ndarray], rows: np.ndarray) -> Sequence[np.ndarray]:
     """``images`` at ``rows``. A lazy sequence gives a lazy view, which the embedder reads one
     batch at a time (a shard of 2,048 images of 2048 x 2048 held at once would be 32 GiB);
     held images are sliced when the rows are consecutive (the usual case: nothing cached yet)."""
     from privaudit.data.lazy import LazyImages
+    from privaudit.embed.base import select
 
-    if isinstance(images, LazyImages):
-        return images.take(rows)
-    if rows.size and int(rows[-1]) - int(rows[0]) == rows.size - 1:
+    if not isinstance(images, LazyImages) and rows.size and int(rows[-1]) - int(rows[0]) == rows.size - 1:
         return images[int(rows[0]) : int(rows[-1]) + 1]
-    return [images[int(i)] for i in rows]
+    return select(images, rows)
