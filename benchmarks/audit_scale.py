@@ -126,12 +126,13 @@ def in_child(call: str) -> object:
     return json.loads(lines[-1])
 
 
-def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embedder: str, threads: int, budget: str | None) -> dict:
+def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embedder: str, threads: int, budget: str | None,
+              config: str | None = None) -> dict:
     cmd = [
         sys.executable, "-m", "privaudit", "audit", "--train", str(paths["train"]), "--synthetic", str(paths["synthetic"]),
         "--holdout", str(paths["holdout"]), "--checks", checks, "--embedder", embedder, "--out", str(out), "--force",
         "--cache-dir", str(cache),
-    ]
+    ] + (["--config", config] if config else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
     if budget is not None:
         env["PRIVAUDIT_PIXEL_BUDGET_MB"] = budget
@@ -157,7 +158,26 @@ def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embed
         "stages": stages,
         "embedded": run["embedded"],
         "checks": {name: c["status"] for name, c in results["checks"].items()},
+        "searches": run.get("searches", []),
     }
+
+
+def search_ratios(searches: list[dict], product_s: float, n: int, dim: int) -> list[dict]:
+    """Each search beside the raw product it needs, scaled from the ``n x n x dim`` product
+    measured in this run: ``n_queries x n_base x dim`` for an exact or cluster search, half of
+    ``n x n x dim`` for a set in itself (``self``: the upper triangle of tiles). An IVF search and
+    an index build need no such product (they are approximate by design): ratio None."""
+    rows = []
+    for t in searches:
+        work = t["n_queries"] * t["n_base"] * t["dim"] / (n * n * dim)
+        needed = None
+        if t["kind"] in ("exact", "cluster"):
+            needed = product_s * work
+        elif t["kind"] == "self":
+            needed = product_s * work / 2
+        rows.append({**t, "product_s": None if needed is None else round(needed, 4),
+                     "ratio": None if not needed else round(t["seconds"] / needed, 3)})
+    return rows
 
 
 def matmul_seconds(n: int, dim: int) -> float:
@@ -189,6 +209,9 @@ def main() -> None:
     ap.add_argument("--study-dir", default=None,
                     help="keep each generated study in DIR/n<N>-<format> and reuse it when it is already there "
                          "(generating 100k is ~15 min); the caches and outputs stay in the temporary folder")
+    ap.add_argument("--config", default=None,
+                    help="an audit configuration TOML passed to every audit (e.g. [embedder_options.identity] size = 64 "
+                         "for reid on the 64-px phantoms)")
     ap.add_argument("--pixel-budget-mb", default=None,
                     help="PRIVAUDIT_PIXEL_BUDGET_MB for the audits (default: as set in the environment, else privaudit's default)")
     args = ap.parse_args()
@@ -196,6 +219,7 @@ def main() -> None:
     print(f"audit_scale: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; "
           f"checks {args.checks}; embedder {args.embedder}; inputs {args.format}", flush=True)
     figures: dict = {"threads": args.threads, "checks": args.checks, "embedder": args.embedder, "format": args.format,
+                     "config": Path(args.config).read_text() if args.config else None,
                      "pixel_budget_mb": args.pixel_budget_mb, "sizes": {}}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
@@ -212,9 +236,12 @@ def main() -> None:
             else:
                 print(f"  study N={n}: reused from {args.study_dir}", flush=True)
             cache = folder / "cache"
-            cold = run_audit(paths, folder / "cold", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb)
-            warm = run_audit(paths, folder / "warm", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb)
-            mm = in_child(f"matmul_seconds({n}, {64 * 64 // 4})")  # the pixel embedder's dimension: 32 x 32
+            cold = run_audit(paths, folder / "cold", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb, args.config)
+            warm = run_audit(paths, folder / "warm", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb, args.config)
+            dim = 64 * 64 // 4  # the pixel embedder's dimension: 32 x 32
+            mm = in_child(f"matmul_seconds({n}, {dim})")
+            warm["searches"] = search_ratios(warm["searches"], mm, n, dim)
+            cold["searches"] = search_ratios(cold["searches"], mm, n, dim)
             figures["sizes"][n] = {"cold": cold, "warm": warm, "matmul_s": round(mm, 3)}
             print(f"N={n}: cold {cold['wall_s']:.1f} s, peak {cold['peak_rss_mb']:.0f} MiB; warm {warm['wall_s']:.1f} s, "
                   f"peak {warm['peak_rss_mb']:.0f} MiB; one N x N x 1024 float32 product {mm:.2f} s", flush=True)
@@ -222,6 +249,17 @@ def main() -> None:
                 print(f"    warm {name:<22} {st['seconds']:9.2f} s  {st['peak_rss_mb'] or float('nan'):8.0f} MiB"
                       f"  ({st['seconds'] / mm if mm else float('nan'):.1f}x the product)", flush=True)
             print(f"    warm verdict + writing outputs       {warm['verdict_and_outputs_peak_rss_mb']:8.0f} MiB", flush=True)
+            print("    warm searches (kind, queries x base x dim, k: seconds, the product it needs, ratio):", flush=True)
+            for t in warm["searches"]:
+                need = f"{t['product_s']:8.2f} s  {t['ratio']:5.2f}x" if t["ratio"] is not None else "       (approximate)"
+                print(f"      {t['stage']:<18} {t['kind']:<9} {t['n_queries']:>7} x {t['n_base']:>7} x {t['dim']:>5}, k={t['k']:<3}"
+                      f" {t['seconds']:8.2f} s  {need}", flush=True)
+            exact = [t for t in warm["searches"] if t["ratio"] is not None]
+            if exact:
+                spent, needed = sum(t["seconds"] for t in exact), sum(t["product_s"] for t in exact)
+                warm["exact_searches"] = {"seconds": round(spent, 2), "product_s": round(needed, 2), "ratio": round(spent / needed, 3) if needed else None}
+                print(f"    warm exact searches together: {spent:.2f} s for {needed:.2f} s of products"
+                      f" ({spent / needed if needed else float('nan'):.2f}x)", flush=True)
     done = sorted(figures["sizes"])
     if len(done) >= 2:
         names = list(figures["sizes"][done[-1]]["warm"]["stages"])

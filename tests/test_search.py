@@ -98,3 +98,21 @@ def test_one_group_has_no_admissible_neighbour():
 def test_bad_arguments(q_shape, b_shape, k, message):
     with pytest.raises(InputError, match=message):
         knn(np.zeros(q_shape, np.float32), np.zeros(b_shape, np.float32), k=k)
+
+
+def test_timed_searches_records_each_search_with_its_shape_only_inside_the_block():
+    from privaudit.search import SearchIndex, self_knn, timed_searches
+
+    rng = np.random.default_rng(0)
+    base, queries = _unit(rng, 300, 8), _unit(rng, 50, 8)
+    knn(queries, base, k=1)  # outside: not recorded anywhere
+    with timed_searches() as found:
+        knn(queries, base, k=3)
+        SearchIndex(base, index="ivf", nlist=4, seed=0).search(queries, k=2)
+        self_knn(base, k=2)
+        with timed_searches() as inner:  # a nested block records its own searches only
+            self_knn(queries, k=1)
+    assert [(t.kind, t.n_queries, t.n_base, t.dim, t.k) for t in found] == [
+        ("exact", 50, 300, 8, 3), ("ivf build", 0, 300, 8, 0), ("ivf", 50, 300, 8, 2), ("self", 300, 300, 8, 2)]
+    assert [(t.kind, t.n_queries) for t in inner] == [("self", 50)]
+    assert all(t.seconds >= 0 and t.stage is None for t in found + inner)

@@ -44,5 +44,15 @@ def test_an_audit_records_its_stages_in_results_and_report(study, tmp_path):
 
     data = load_results(tmp_path / "out" / "results.json")  # schema-validated
     assert [s["name"] for s in data["run"]["stages"]] == [s.name for s in run.stages]
+    # Every search of the checks, with its shape: copies searches the synthetic set in the
+    # training set (exact at this size), quality finds k-NN radii in each compared set itself.
+    n_train, n_syn, d = len(study.train), len(study.clean), 32 * 32
+    by_stage = {name: [t for t in run.searches if t.stage == name] for name in ("check copies", "check quality")}
+    assert {(t.kind, t.n_queries, t.n_base, t.dim, t.k) for t in by_stage["check copies"]} >= {("exact", n_syn, n_train, d, 1), ("self", n_train, n_train, d, 2)}
+    assert by_stage["check quality"] and all(t.kind == "self" and t.n_queries == t.n_base for t in by_stage["check quality"])
+    assert len(run.searches) == sum(map(len, by_stage.values()))
+    for name, found in by_stage.items():
+        assert 0 < sum(t.seconds for t in found) <= next(s.seconds for s in run.stages if s.name == name)
+    assert data["run"]["searches"][0] == {**vars(run.searches[0])}
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Where this audit spent its time and memory" in html and "<td>check copies</td>" in html

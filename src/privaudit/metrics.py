@@ -45,6 +45,7 @@ import copy
 import heapq
 import logging
 import math
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -846,6 +847,9 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
     float32 error bound: no other point can then be closer. Rows that fail the test are searched
     again with FAISS (``IndexFlatL2``) and 4x the candidates, up to all points.
     """
+    from privaudit.search import record_search
+
+    started = time.perf_counter()
     x = _as_f32(x)
     n, d = x.shape
     if not 1 <= k < n:
@@ -888,6 +892,7 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
             dist32, idx = index.search(x[rows], want)
             failed.append(settle(rows, dist32, idx, want))
         todo = np.concatenate(failed)
+    record_search("self", n, n, d, k + 1, started)
     return out
 
 

@@ -7,6 +7,7 @@ one signature.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -28,6 +29,7 @@ from privaudit.embed.cache import SHARD_SIZE, EmbeddingCache, gather
 from privaudit.errors import InputError, OutputError
 from privaudit.patients import patient_view
 from privaudit.policy import Policy
+from privaudit.search import SearchTiming, timed_searches
 from privaudit.stages import StageClock
 from privaudit.results import SCHEMA_VERSION, AuditResult, EmbeddingCount, RunInfo, environment, utc_now
 from privaudit.waivers import Waivers
@@ -117,6 +119,7 @@ def audit(
         configured=config.embedders,
     )
     checks: dict[str, CheckResult] = {}
+    searches: list[SearchTiming] = []
     for name in config.checks:
         check = CHECKS.get(name)()
         missing = [role for role in check.requires if sets.get(role) is None]
@@ -131,8 +134,9 @@ def audit(
             )
             continue
         log.info("running check %s", name)
-        with clock.stage(f"check {name}"):
+        with clock.stage(f"check {name}"), timed_searches() as found:
             checks[name] = check.run(ctx, config.options_for(name))
+        searches.extend(dataclasses.replace(t, stage=f"check {name}") for t in found)
 
     with clock.stage("verdict"):
         inputs = {role: s.summary(role) for role, s in sets.items() if s is not None}
@@ -155,6 +159,7 @@ def audit(
             cache_dir=None if store is None else str(store.root),
             embedded={name: EmbeddingCount(s.from_cache, s.embedded) for name, s in (store.stats.items() if store else ())},
             stages=tuple(clock.stages),
+            searches=tuple(searches),
             peak_scope=clock.peak_scope,
             seconds=clock.total_seconds,
             peak_rss_mb=clock.process_peak_mib(),

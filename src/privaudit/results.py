@@ -26,9 +26,10 @@ from privaudit.embed.base import EmbedderInfo
 from privaudit.errors import InputError
 from privaudit.patients import PatientRow
 from privaudit.policy import Verdict
+from privaudit.search import SearchTiming
 from privaudit.stages import StageTiming
 
-SCHEMA_VERSION = "2.2.0"  # 2.2: quality.n_holdout_compared (quality.max_compared); 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope, run.cluster, copies.search (index and its measured agreement)
+SCHEMA_VERSION = "2.3.0"  # 2.3: run.searches (each kNN search of the checks, its shape and seconds); 2.2: quality.n_holdout_compared (quality.max_compared); 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope, run.cluster, copies.search (index and its measured agreement)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class RunInfo:
     cache_dir: str | None
     embedded: Mapping[str, EmbeddingCount]
     stages: tuple[StageTiming, ...] = ()
+    searches: tuple[SearchTiming, ...] = ()
     peak_scope: str | None = None
     seconds: float | None = None
     peak_rss_mb: float | None = None

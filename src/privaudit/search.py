@@ -28,7 +28,11 @@ check a sample against exact search and report the result.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,6 +65,66 @@ INDEX_KINDS: tuple[str, ...] = ("auto", "exact", "ivf")
 #: The cluster that :func:`knn` hands its searches to while one is active
 #: (:meth:`privaudit.cluster.ClusterBackend.activate`); ``None``: search in this process.
 _remote = None
+
+
+@dataclass(frozen=True)
+class SearchTiming:
+    """One search (or index build) and its wall time, as :func:`timed_searches` records it.
+
+    Attributes:
+        kind: ``"exact"`` (FAISS ``IndexFlatIP``), ``"ivf"`` (an IVF index searched, with its
+            exact re-ranking), ``"ivf build"`` (its k-means training and filling; queries 0),
+            ``"self"`` (a set in itself: :func:`self_knn`, or the quality check's k-NN radii,
+            :func:`privaudit.metrics.knn_radii_sq`; half a product) or ``"cluster"`` (exact
+            search sharded on a Ray cluster).
+        n_queries, n_base, dim: the shape of the search: an exact search costs at least an
+            ``n_queries x n_base x dim`` matrix product, a ``"self"`` search half of one.
+        k: neighbours per query.
+        seconds: wall time.
+        stage: the audit stage it ran in (``"check copies"``), where the pipeline set it.
+    """
+
+    kind: str
+    n_queries: int
+    n_base: int
+    dim: int
+    k: int
+    seconds: float
+    stage: str | None = None
+
+
+_timings: contextvars.ContextVar[list[SearchTiming] | None] = contextvars.ContextVar("privaudit_search_timings", default=None)
+
+
+@contextlib.contextmanager
+def timed_searches() -> Iterator[list[SearchTiming]]:
+    """Record every search run inside the ``with`` block, in order (the pipeline uses it per
+    check, for ``results.json``'s ``run.searches``: what each search cost beside the matrix
+    product it needs).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.eye(3, dtype=np.float32)
+        >>> with timed_searches() as found:
+        ...     _ = knn(x, x, k=1)
+        >>> [(t.kind, t.n_queries, t.n_base, t.dim) for t in found]
+        [('exact', 3, 3, 3)]
+    """
+    found: list[SearchTiming] = []
+    token = _timings.set(found)
+    try:
+        yield found
+    finally:
+        _timings.reset(token)
+
+
+def record_search(kind: str, n_queries: int, n_base: int, dim: int, k: int, started: float) -> None:
+    """Add a search that began at ``started`` (:func:`time.perf_counter`) to the searches
+    :func:`timed_searches` is recording, if any (other modules' own searches call it too:
+    :func:`privaudit.metrics.knn_radii_sq`)."""
+    found = _timings.get()
+    if found is not None:
+        found.append(SearchTiming(kind, int(n_queries), int(n_base), int(dim), int(k), time.perf_counter() - started))
 
 
 @dataclass(frozen=True)
@@ -186,6 +250,7 @@ class SearchIndex:
     ) -> None:
         import faiss
 
+        started = time.perf_counter()
         _validate_base(base)
         self.base = np.ascontiguousarray(base, dtype=np.float32)
         n, d = self.base.shape
@@ -219,6 +284,7 @@ class SearchIndex:
         self._index = ivf
         self._quantizer = quantizer  # the IVF index does not own it: keep it alive
         self.info = SearchInfo("ivf", index, n, approximate_from, nlist, nprobe, int(n_train), IVF_KMEANS_ITERATIONS, int(seed))
+        record_search("ivf build", 0, n, d, 0, started)
 
     @property
     def kind(self) -> str:
@@ -231,6 +297,7 @@ class SearchIndex:
         With IVF, queries whose lists hold fewer than ``k`` vectors get ``-inf`` with index
         ``-1`` in the missing places (never with ``k = 1`` unless a list is empty).
         """
+        started = time.perf_counter()
         q, _ = _validate(queries, self.base, k)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1; got {chunk_size}")
@@ -242,6 +309,7 @@ class SearchIndex:
             if self.kind != "exact":
                 s, i = _rerank(q[start:stop], self.base, i)
             sims[start:stop], idx[start:stop] = s, i
+        record_search(self.kind, q.shape[0], self.base.shape[0], self.base.shape[1], k, started)
         return Neighbors(sims, idx)
 
     def exact(self, queries: np.ndarray, *, k: int = 1, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Neighbors:
@@ -299,7 +367,10 @@ def knn(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1; got {chunk_size}")
     if _remote is not None and (index == "exact" or (index == "auto" and b.shape[0] < approximate_from)):
-        return _remote.knn(q, b, k=k, chunk_size=chunk_size)  # exact search, sharded on the cluster
+        started = time.perf_counter()
+        found = _remote.knn(q, b, k=k, chunk_size=chunk_size)  # exact search, sharded on the cluster
+        record_search("cluster", q.shape[0], b.shape[0], b.shape[1], k, started)
+        return found
     return SearchIndex(b, index=index, approximate_from=approximate_from, seed=seed).search(q, k=k, chunk_size=chunk_size)
 
 
@@ -376,6 +447,7 @@ def self_knn(vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE) -> Neigh
     """
     import torch
 
+    started = time.perf_counter()
     _, x = _validate(vectors, vectors, k)
     if tile < 1:
         raise ValueError(f"tile must be at least 1; got {tile}")
@@ -424,6 +496,7 @@ def self_knn(vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE) -> Neigh
                     merge(j0, g, i0, columns=True)
     order = torch.argsort(best_v, dim=1, descending=True, stable=True)
     sims = torch.gather(best_v, 1, order).numpy().astype(np.float32)
+    record_search("self", n, n, x.shape[1], k, started)
     return Neighbors(sims, torch.gather(best_i, 1, order).numpy())
 
 
