@@ -14,6 +14,12 @@ families it was trained for is optimistic.
     python benchmarks/copy_recall.py --dataset pneumoniamnist
     python benchmarks/copy_recall.py --dataset covid --embedders pixels,imagenet,copydetect
 
+``aligned`` (in ``--embedders``) is the copies check's aligned-correlation component
+(privaudit.align), scored the same way; ``--combined a,b,c`` adds a row for the combination the
+copies check makes of those spaces: the smallest per-space conformal p-value against the null,
+its threshold set at the same FPR on the null images' own statistic (each left out of its null).
+The check's default is ``--combined pixels,copydetect,aligned``.
+
 MedMNIST splits are image-level (no patient ids): its non-copies are other images, which may
 include other scans of the same patients. The last line is a JSON object of the figures.
 """
@@ -28,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privaudit import transforms
+from privaudit import align, transforms
 from privaudit.data import ImageSet, load_imageset
 from privaudit.embed import get_embedder
 from privaudit.embed.copydetect import HELD_OUT
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-family", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--score", default="ratio", choices=("ratio", "relative", "raw"))
+    parser.add_argument("--combined", default="", help="comma-separated spaces (of --embedders) to combine by min-p, as the copies check does")
     args = parser.parse_args(argv)
     if not DATA.exists() and args.dataset != "phantoms":
         print(f"real data not found at {DATA}", file=sys.stderr)
@@ -105,31 +112,54 @@ def main(argv: list[str] | None = None) -> int:
     fprs = [0.01] + ([0.001] if len(noncopies) >= 3000 else [])
     groups = np.asarray(noncopies.patient_ids) if noncopies.patient_ids is not None else np.arange(len(noncopies))
     figures: dict[str, object] = {"dataset": args.dataset, "score": args.score, "n_train": len(train), "n_noncopies": len(noncopies), "note": note, "embedders": {}}
+    per_space: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    linked_by: dict[str, np.ndarray] = {}
     for name in args.embedders.split(","):
-        embedder = get_embedder(name)
         t0 = time.perf_counter()
-        if embedder.requires_fit:
-            embedder.fit(train, seed=args.seed, cache=None)
-        t_fit = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        e_train = embedder.embed(train)
-        e_non = embedder.embed(noncopies)
-        e_copy = embedder.embed(copies)
-        t_embed = time.perf_counter() - t0
-        null = knn(e_non, e_train, k=1).similarities[:, 0]
-        hit = knn(e_copy, e_train, k=1)
-        score, nearest = hit.similarities[:, 0], hit.indices[:, 0]
+        if name == "aligned":
+            embedder = None
+            t_fit = 0.0
+            opts = align.AlignOptions()
+            base, ref_base = align.prepare(train.images, opts, role="base"), align.prepare(noncopies.images, opts, role="base")
+            q_non, q_copy = align.prepare(noncopies.images, opts, role="query"), align.prepare(copies, opts, role="query")
+
+            def best(q, b, groups=None):
+                found = align.aligned_similarity(q, b, align.candidates(q, b, opts.candidates, groups=groups), opts)
+                return np.maximum(found.similarity, -1.0), found.nearest
+
+            null, _ = best(q_non, base)
+            score, nearest = best(q_copy, base)
+            null_ref_raw, _ = best(q_non, ref_base, (groups.astype(str), groups.astype(str)))
+            ref_raw, _ = best(q_copy, ref_base)
+            t_embed = time.perf_counter() - t0
+        else:
+            embedder = get_embedder(name)
+            if embedder.requires_fit:
+                embedder.fit(train, seed=args.seed, cache=None)
+            t_fit = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            e_train = embedder.embed(train)
+            e_non = embedder.embed(noncopies)
+            e_copy = embedder.embed(copies)
+            t_embed = time.perf_counter() - t0
+            null = knn(e_non, e_train, k=1).similarities[:, 0]
+            hit = knn(e_copy, e_train, k=1)
+            score, nearest = hit.similarities[:, 0], hit.indices[:, 0]
+            if args.score != "raw":
+                null_ref_raw = knn_excluding_self(e_non, k=1, groups=groups).similarities[:, 0]
+                ref_raw = knn(e_copy, e_non, k=1).similarities[:, 0]
         if args.score == "relative":
-            null = null - knn_excluding_self(e_non, k=1, groups=groups).similarities[:, 0]
-            score = score - knn(e_copy, e_non, k=1).similarities[:, 0]
+            null = null - null_ref_raw
+            score = score - ref_raw
         elif args.score == "ratio":
-            null_ref = knn_excluding_self(e_non, k=1, groups=groups).similarities[:, 0]
-            null = np.log(np.clip(1 - null_ref, 1e-6, None)) - np.log(np.clip(1 - null, 1e-6, None))
-            ref = knn(e_copy, e_non, k=1).similarities[:, 0]
-            score = np.log(np.clip(1 - ref, 1e-6, None)) - np.log(np.clip(1 - score, 1e-6, None))
+            null = np.log(np.clip(1 - null_ref_raw, 1e-6, None)) - np.log(np.clip(1 - null, 1e-6, None))
+            score = np.log(np.clip(1 - ref_raw, 1e-6, None)) - np.log(np.clip(1 - score, 1e-6, None))
+        per_space[name] = (np.asarray(null, dtype=np.float64), np.asarray(score, dtype=np.float64))
+        linked_by[name] = nearest
+        fitted = embedder is not None and embedder.requires_fit
         row: dict[str, object] = {"fit_s": round(t_fit, 1), "embed_images_per_s": round((len(train) + len(noncopies) + len(copies)) / t_embed, 1)}
         print(f"\n{name}: fit {t_fit:.1f} s, embedding {row['embed_images_per_s']} images/s")
-        header = "family".ljust(10) + "".join(f"  recall@{f:.1%}FPR".rjust(18) for f in fprs) + "  linked".rjust(10) + ("  (held out)" if embedder.requires_fit else "")
+        header = "family".ljust(10) + "".join(f"  recall@{f:.1%}FPR".rjust(18) for f in fprs) + "  linked".rjust(10) + ("  (held out)" if fitted else "")
         print(header)
         for fpr in fprs:
             threshold = float(np.quantile(null, 1 - fpr, method="higher"))
@@ -141,12 +171,40 @@ def main(argv: list[str] | None = None) -> int:
             sel = families_arr == family
             recalls = {f"recall@{fpr}": float((score[sel] > row[f"threshold@{fpr}"]).mean()) for fpr in fprs}
             linked = float((nearest[sel] == sources_arr[sel]).mean())
-            per_family[family] = {**recalls, "linked": linked, "held_out": family in HELD_OUT if embedder.requires_fit else None}
-            mark = "  *" if embedder.requires_fit and family in HELD_OUT else ""
+            per_family[family] = {**recalls, "linked": linked, "held_out": family in HELD_OUT if fitted else None}
+            mark = "  *" if fitted and family in HELD_OUT else ""
             print(family.ljust(10) + "".join(f"{recalls[f'recall@{fpr}']:18.1%}" for fpr in fprs) + f"{linked:10.1%}" + mark)
         row["families"] = per_family
         row["min_recall@0.01"] = min(v["recall@0.01"] for v in per_family.values())
         figures["embedders"][name] = row  # type: ignore[index]
+    combined = [c for c in args.combined.split(",") if c]
+    if combined:
+        missing = [c for c in combined if c not in per_space]
+        if missing:
+            raise SystemExit(f"--combined names spaces not in --embedders: {', '.join(missing)}")
+        # Min-p over the spaces, as the copies check combines them: each copy's statistic is its
+        # smallest conformal p-value against the null; each null image's, against the null
+        # without itself. The threshold is the null statistic's FPR quantile (from below).
+        def pvalues(x: np.ndarray, null: np.ndarray, leave_out: bool) -> np.ndarray:
+            ge = (null[None, :] >= x[:, None]).sum(axis=1) - (1 if leave_out else 0)
+            return (1 + ge) / (len(null) + (0 if leave_out else 1))
+
+        null_stat = np.min([pvalues(per_space[c][0], per_space[c][0], True) for c in combined], axis=0)
+        copy_stat = np.min([pvalues(per_space[c][1], per_space[c][0], False) for c in combined], axis=0)
+        row = {"spaces": combined}
+        print(f"\ndefault combination ({' + '.join(combined)}, min-p):")
+        per_family = {}
+        for fpr in fprs:
+            cut = float(np.quantile(null_stat, fpr, method="lower"))
+            row[f"realised_fpr@{fpr}"] = float((null_stat < cut).mean())
+            row[f"cut@{fpr}"] = cut
+        for family in transforms.FAMILIES:
+            sel = families_arr == family
+            per_family[family] = {f"recall@{fpr}": float((copy_stat[sel] < row[f"cut@{fpr}"]).mean()) for fpr in fprs}
+            print(family.ljust(10) + "".join(f"{per_family[family][f'recall@{fpr}']:18.1%}" for fpr in fprs))
+        row["families"] = per_family
+        row["min_recall@0.01"] = min(v["recall@0.01"] for v in per_family.values())
+        figures["combined"] = row
     print("\n* = held out of copydetect's training augmentations")
     print(json.dumps(figures))
     return 0

@@ -23,7 +23,9 @@ PIXEL_VISIBLE = {"exact", "noise", "intensity", "blur"}
 
 
 def cfg(**copies: object) -> AuditConfig:
-    """Pixels only: these tests are about the statistics, not the learned descriptor."""
+    """Pixels only, without the aligned comparison unless asked for: these tests are about the
+    statistics, not the learned descriptor or the alignment."""
+    copies.setdefault("align", False)
     return AuditConfig.from_dict({"embedders": ["pixels"], "copies": copies})
 
 
@@ -254,12 +256,12 @@ def test_several_spaces_report_evidence_from_each(study):
     )
     # The default spaces; the descriptor's fit is shared with the session's other audits.
     c = audit(study.train, mirrored, study.holdout).checks["copies"]
-    assert c.embedders == ("pixels", "copydetect")
+    assert c.embedders == ("pixels", "copydetect") and c.aligned.used and c.aligned.reason is None
     flagged = {f.synthetic_id: f for f in c.flagged}
     found = {f"m{i}" for i in range(10)} & set(flagged)
     assert len(found) >= 7, sorted(found)
     for f in flagged.values():
-        assert [e.embedder for e in f.evidence] == ["pixels", "copydetect"]
+        assert [e.embedder for e in f.evidence] == ["pixels", "copydetect", "aligned"]
     hit = flagged.get("m0") or next(iter(flagged.values()))
     by = {e.embedder: e for e in hit.evidence}
     assert by["copydetect"].p_value < by["pixels"].p_value  # the mirror is seen in the learned space
@@ -459,3 +461,41 @@ def test_bad_index_options_are_refused(bad):
 
     with pytest.raises(ConfigError, match="copies.*(index|approximate_from|agreement_sample)"):
         cfg(**bad)
+
+
+def test_aligned_comparison_finds_the_geometric_copies_pixels_miss(study):
+    """The aligned component (privaudit.align) beside pixels: the positive control's mirrored,
+    cropped, rotated and shifted copies are found where pixels alone misses them, linked to
+    their very source, and the clean set stays clean (its null is scored the same way)."""
+    alone = audit(study.train, study.leaky, study.holdout, config=cfg()).checks["copies"]
+    both = audit(study.train, study.leaky, study.holdout, config=cfg(align=True)).checks["copies"]
+    assert alone.aligned.used is False and "turned off" in alone.aligned.reason
+    assert both.aligned.used and both.aligned.candidates == 10
+    found = {f.family: f for f in both.positive_control.families}
+    before = {f.family: f for f in alone.positive_control.families}
+    for family in ("flip", "crop", "rotate", "shift"):
+        assert found[family].found >= 3, (family, found[family])
+    # Linked to the very scan. Not asked of crops and shifts: a phantom patient's scans differ
+    # a little, and a crop or shift of one (its border filled in or cut off) aligns about as
+    # well with another scan of the same patient (measured: 1 and 2 of 4 linked to the very
+    # scan, the others to the same patient's other scans).
+    for family in ("flip", "rotate"):
+        assert found[family].linked >= 3, (family, found[family])
+    assert sum(found[f].found for f in ("flip", "crop", "rotate", "shift")) > sum(before[f].found for f in ("flip", "crop", "rotate", "shift")) + 4
+    assert both.positive_control.sensitivity >= 0.9 > alone.positive_control.sensitivity
+    planted = {p.synthetic_id: p for p in study.copies}
+    caught = {f.synthetic_id for f in both.flagged} & set(planted)
+    assert len(caught) >= len({f.synthetic_id for f in alone.flagged} & set(planted))
+    clean = audit(study.train, study.clean, study.holdout, config=cfg(align=True)).checks["copies"]
+    assert clean.aligned.used and clean.n_flagged == 0
+    # Without a holdout the null is training, leave-one-patient-out, in the aligned component too.
+    fallback = audit(study.train, study.leaky, config=cfg(align=True)).checks["copies"]
+    assert fallback.aligned.used and fallback.null.source == "training_leave_one_patient_out"
+    assert len({f.synthetic_id for f in fallback.flagged} & set(planted)) >= 0.5 * len(planted)
+
+
+def test_aligned_comparison_is_left_out_above_its_size_limit_with_a_warning(study):
+    c = audit(study.train, study.leaky, study.holdout, config=cfg(align=True, align_max=50)).checks["copies"]
+    assert c.aligned.used is False and "above copies.align_max = 50" in c.aligned.reason
+    assert any("aligned comparison" in w and "was not run" in w for w in c.warnings)
+    assert all([e.embedder for e in f.evidence] == ["pixels"] for f in c.flagged)
