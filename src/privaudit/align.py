@@ -16,9 +16,9 @@ those transforms explicitly, as image copy-detection pipelines verify their cand
    (a crop of 80 % of the side enlarged the content by 1/0.8). Each of these templates is slid
    over every candidate at every integer offset, and the normalised cross-correlation (NCC,
    the Pearson correlation of the template with the window it covers) is computed for all
-   offsets at once by FFT (Lewis, "Fast normalized cross-correlation", 1995): a shift is found
-   exactly, the core keeps the filled-in corners of a rotation or shift out of the comparison,
-   and the NCC ignores brightness and contrast changes.
+   offsets at once (window norms from integral images, as in Lewis, "Fast normalized
+   cross-correlation", 1995): a shift is found exactly, the core keeps the filled-in corners
+   of a rotation or shift out of the comparison, and the NCC ignores brightness and contrast changes.
 
 The **aligned similarity** of a query with a base set is the highest NCC over its candidates,
 and which candidate gave it. It is a similarity like a cosine, so the copies check scores and
@@ -27,7 +27,8 @@ calibrates it the same way as an embedding space (against real non-members), und
 
 Why written here: no installed library does template matching over a grid of transforms
 (OpenCV's ``matchTemplate`` and scikit-image's ``match_template`` do the sliding NCC, are not
-dependencies, and would still need the grid and the batching); torch's FFT does the work.
+dependencies, and would still need the grid and the batching); a grouped torch convolution
+does the work.
 
 Cost: one query against one candidate is ``2 x len(angles) x len(crops)`` templates (40 by
 default) slid over a ``size``-px image (32), one grouped convolution per template size. Measured
