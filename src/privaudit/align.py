@@ -7,10 +7,10 @@ those transforms explicitly, as image copy-detection pipelines verify their cand
 (retrieve, then align; Douze et al., "The 2021 Image Similarity Dataset and Challenge"):
 
 1. **Candidates.** Every image is reduced to ``retrieval_side`` px (16: a shift of a few percent
-   moves it by less than a pixel). The base images are also cut to their central 90 % and 80 %
-   (what a crop keeps, rescaled), and each query is searched unflipped and mirrored, so a
-   base image is a candidate when any of its views is among a query's ``candidates`` most
-   similar (exact FAISS search).
+   moves it by less than a pixel). The base images are also cut to 90 % and 80 % of their side,
+   at the centre and in each corner (what a crop keeps, rescaled), and each query is searched
+   unflipped and mirrored, so a base image is a candidate when any of its views is among a
+   query's ``candidates`` most similar (exact FAISS search).
 2. **Alignment.** The query, at ``size`` px (32), is mirrored or not, rotated back by each angle of
    ``angles``, and its central ``core`` share is cut out and shrunk by each factor of ``crops``
    (a crop of 80 % of the side enlarged the content by 1/0.8). Each of these templates is slid
@@ -60,9 +60,14 @@ class AlignOptions:
         candidates: base images retrieved per query and base set.
         angles: rotations undone, in degrees.
         crops: shrink factors of the template (1 / the zoom a crop applied).
-        retrieval_crops: central shares of each base image searched as extra views.
+        retrieval_crops: shares of the side of each base image searched as extra views.
+        retrieval_corners: cut those shares in each corner as well as at the centre (a crop
+            lies anywhere in the image: measured on the COVID-19 collection, the source of a
+            cropped copy was a candidate for 94 % of them with central cuts alone, 100 % with
+            the corners).
         core: central share of the query used as the template (keeps a rotation's or shift's
-            filled-in border out).
+            filled-in border out). 0.7 was the best of 0.6, 0.7 and 0.8 on the COVID-19
+            collection (recall at 1 % FPR of combined transforms 88, 99 and 93 %).
     """
 
     size: int = 32
@@ -71,7 +76,8 @@ class AlignOptions:
     angles: tuple[float, ...] = (-8.0, -4.0, 0.0, 4.0, 8.0)
     crops: tuple[float, ...] = (1.0, 0.93, 0.86, 0.8)
     retrieval_crops: tuple[float, ...] = (1.0, 0.9, 0.8)
-    core: float = 0.6
+    retrieval_corners: bool = True
+    core: float = 0.7
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 256:
@@ -119,15 +125,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.where(norm > 0, norm, 1.0))
 
 
-def _central(batch: np.ndarray, share: float, side: int) -> np.ndarray:
-    """The central ``share`` of each image of ``(n, s, s)``, resized to ``side``."""
+def _central(batch: np.ndarray, share: float, side: int, *, at: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+    """The ``share`` of each image of ``(n, s, s)`` placed at ``at`` (fractions of the room
+    left: ``(0.5, 0.5)`` is the centre, ``(0, 0)`` the top-left corner), resized to ``side``."""
     import torch
     import torch.nn.functional as F
 
     s = batch.shape[-1]
     h = max(2, int(round(s * share)))
-    lo = (s - h) // 2
-    x = torch.from_numpy(np.ascontiguousarray(batch[:, lo : lo + h, lo : lo + h]))[:, None]
+    top, left = (int(round((s - h) * f)) for f in at)
+    x = torch.from_numpy(np.ascontiguousarray(batch[:, top : top + h, left : left + h]))[:, None]
     return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)[:, 0].numpy()
 
 
@@ -138,7 +145,10 @@ def prepare(images: Sequence[np.ndarray], options: AlignOptions = AlignOptions()
     ``role="query"``: the images searched for (mirrored as an extra view)."""
     small = resized(images, options.size)
     if role == "base":
-        views = np.stack([_unit(_central(small, c, options.retrieval_side)) for c in options.retrieval_crops])
+        places = [(0.5, 0.5)] + ([(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)] if options.retrieval_corners else [])
+        views = np.stack([
+            _unit(_central(small, c, options.retrieval_side, at=at)) for c in options.retrieval_crops for at in (places if c < 1.0 else [(0.5, 0.5)])
+        ])
     elif role == "query":
         low = _central(small, 1.0, options.retrieval_side)
         views = np.stack([_unit(low), _unit(np.ascontiguousarray(low[:, :, ::-1]))])
