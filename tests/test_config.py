@@ -23,7 +23,7 @@ def test_defaults_and_round_trip(tmp_path):
             "copies": {
                 "fdr": 0.05, "method": "fdr", "alpha": 0.01, "score": "ratio", "near_duplicate_similarity": None,
                 "embedders": None, "positive_control": 48, "control_prevalence": 0.05, "bootstrap": 200, "explain": 200,
-                "index": "auto", "approximate_from": 50_000, "agreement_sample": 2000,
+                "index": "auto", "approximate_from": 50_000, "agreement_sample": 2000, "align": True, "align_max": 20_000,
             },
             "metadata": {"placeholders": list(DEFAULT_PLACEHOLDERS)},
             "quality": {
@@ -69,10 +69,12 @@ def test_defaults_and_round_trip(tmp_path):
         ({"copies": 3}, "expected a table"),
         ({"copies": {"score": "ratios"}}, "did you mean 'ratio'"),
         ({"copies": {"fdr": 0}}, "copies.fdr must lie in \\(0, 1\\)"),
+        ({"copies": {"align_max": 0}}, "copies.align_max must be >= 1"),
+        ({"copies": {"align": "yes"}}, "align: expected bool"),
         ({"embedder_options": {"copydetect": {"widht": 8}}}, "unknown key 'widht' \\(did you mean 'width'\\?\\)"),
         ({"embedder_options": {"pixels": {"size": 8}}}, "embedder 'pixels' takes no options"),
     ],
-    ids=["typo", "str-int", "bool-int", "not-list", "check-typo", "no-checks", "dup-check", "embedder-typo", "range", "option-typo", "option-range", "option-type", "not-table", "literal", "fdr", "embedder-option-typo", "no-options"],
+    ids=["typo", "str-int", "bool-int", "not-list", "check-typo", "no-checks", "dup-check", "embedder-typo", "range", "option-typo", "option-range", "option-type", "not-table", "literal", "fdr", "align-max", "align-type", "embedder-option-typo", "no-options"],
 )
 def test_bad_configs(data, message):
     with pytest.raises(ConfigError, match=message):

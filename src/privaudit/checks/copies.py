@@ -137,12 +137,13 @@ class CopiesOptions:
             image the approximate search puts in the tail is re-searched too.
         align: add the aligned-correlation component (:mod:`privaudit.align`): each image is
             matched to its candidate training images after undoing a mirror, a rotation of up
-            to 9 degrees, a crop of down to 80 % of the side and any shift, and scored like a
-            space. It finds the geometric copies the embedding spaces miss.
+            to about 10 degrees, a crop of down to 80 % of the side and any shift, and scored
+            like a space. It finds the geometric copies the embedding spaces miss.
         align_max: the largest set (training, synthetic or null) the aligned component runs
             on; above it the component is left out, with a warning (its cost grows with the
-            synthetic and null images times ``2 x 10`` candidates; ~5 ms per image and set
-            searched on 2 cores).
+            synthetic and null images, each aligned with 10 candidates in two base sets:
+            measured 91 s for the copies check of a 10,000 x 10,000 x 2,000 study on 2 cores,
+            against 6-8 s without it).
     """
 
     fdr: float = 0.05
@@ -802,7 +803,7 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
         warnings.append(
             f"The aligned comparison (copies mirrored, rotated, cropped or shifted) was not run: {reason}. "
             "Such copies are found only as well as the embedding spaces find them; raise copies.align_max to run it "
-            "(about 5 ms per image and set searched on 2 cores)."
+            "(measured: 91 s for a 10,000 x 10,000 x 2,000 copies check on 2 cores, against 6-8 s without it)."
         )
         return None, record(reason)
     source = ctx.holdout if primary.source == "holdout" else ctx.train
