@@ -30,7 +30,12 @@ CHEAP = AuditConfig(embedders=("pixels",), checks=("copies", "quality"))
 # The memorising sweep also runs the membership attack. Its 12 training patients give 6 per side
 # (half the training patients against as many holdout patients), under the default min_units of
 # 20: lowered here, so the AUC is coarse, and the assertions below leave room for that.
-MEM_AUDIT = AuditConfig.from_dict({"embedders": ["pixels"], "checks": ["copies", "quality", "membership"], "membership": {"min_units": 6}})
+# The copies check in pixels alone: the VAE's copies are untransformed, and with 240 holdout
+# images the detection floor is 9 of 100; the aligned comparison as a second space costs the
+# copies the one rank the floor leaves (measured: 9 flagged without it, 0 with it, the same 9
+# listed above every null score either way; README, the copies check).
+MEM_AUDIT = AuditConfig.from_dict({"embedders": ["pixels"], "checks": ["copies", "quality", "membership"], "membership": {"min_units": 6},
+                                   "copies": {"align": False}})
 MEM = dict(n_train_patients=12, n_holdout_patients=60, scans_per_patient=4, n_synthetic=10, size=32)
 
 

@@ -95,7 +95,7 @@ def test_flagged_pairs_name_ids_and_similarity(leaky_result):
         "synthetic_id", "train_id", "train_patient_id", "similarity", "p_value", "q_value",
         "evidence", "ssim", "likely_transform",
     }
-    assert {e["embedder"] for e in first["evidence"]} == {"pixels", "copydetect"}
+    assert [e["embedder"] for e in first["evidence"]] == ["pixels", "copydetect", "aligned"]  # the spaces, then the aligned comparison
     assert first["synthetic_id"].startswith("synthetic/") and first["train_id"].startswith("train/")
     sims = [f["similarity"] for f in flagged]
     assert np.all(np.isfinite(sims))
