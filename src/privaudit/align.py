@@ -102,7 +102,8 @@ class AlignOptions:
 @dataclass(frozen=True)
 class AlignedImages:
     """Images reduced for alignment: ``small`` at ``options.size``, ``views`` the unit vectors
-    of the candidate search (base views: ``(len(retrieval_crops), n, d)``; query views: the
+    of the candidate search (base views: ``(V, n, d)``, the whole image and each crop share at
+    the centre and, with ``retrieval_corners``, in each corner: 11 by default; query views: the
     image and its mirror, ``(2, n, d)``)."""
 
     small: np.ndarray
@@ -141,7 +142,7 @@ def _central(batch: np.ndarray, share: float, side: int, *, at: tuple[float, flo
 def prepare(images: Sequence[np.ndarray], options: AlignOptions = AlignOptions(), *, role: str = "base") -> AlignedImages:
     """Reduce ``images`` (working format, any sizes) for :func:`aligned_similarity`.
 
-    ``role="base"``: the images searched in (their central crops are extra views);
+    ``role="base"``: the images searched in (their crops are extra views);
     ``role="query"``: the images searched for (mirrored as an extra view)."""
     small = resized(images, options.size)
     if role == "base":
