@@ -120,17 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             embedder = None
             t_fit = 0.0
             opts = align.AlignOptions()
-            base, ref_base = align.prepare(train.images, opts, role="base"), align.prepare(noncopies.images, opts, role="base")
-            q_non, q_copy = align.prepare(noncopies.images, opts, role="query"), align.prepare(copies, opts, role="query")
-
-            def best(q, b, groups=None):
-                found = align.aligned_similarity(q, b, align.candidates(q, b, opts.candidates, groups=groups), opts)
-                return np.maximum(found.similarity, -1.0), found.nearest
-
-            null, _ = best(q_non, base)
-            score, nearest = best(q_copy, base)
-            null_ref_raw, _ = best(q_non, ref_base, (groups.astype(str), groups.astype(str)))
-            ref_raw, _ = best(q_copy, ref_base)
+            base, q_copy = align.prepare(train.images, opts, role="base"), align.prepare(copies, opts, role="query")
+            q_non = align.prepare(noncopies.images, opts, role="query")
+            ref_base = align.as_role(q_non, opts, role="base")
+            null = align.match(q_non, base, opts).similarity
+            found = align.match(q_copy, base, opts)
+            score, nearest = found.similarity, found.nearest
+            null_ref_raw = align.match(q_non, ref_base, opts, groups=(groups.astype(str), groups.astype(str))).similarity
+            ref_raw = align.match(q_copy, ref_base, opts).similarity
             t_embed = time.perf_counter() - t0
         else:
             embedder = get_embedder(name)

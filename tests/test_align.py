@@ -101,3 +101,15 @@ def test_bad_options_are_refused():
         align.AlignOptions(candidates=0)
     with pytest.raises(ValueError, match="crop factors"):
         align.AlignOptions(crops=(1.0, 0.1))
+
+
+def test_a_set_prepared_once_serves_as_queries_and_as_a_base(tiny):
+    """as_role reuses the resized images: the same views as preparing the set again."""
+    options = align.AlignOptions()
+    query = align.prepare(tiny.holdout.images, options, role="query")
+    again = align.prepare(tiny.holdout.images, options, role="base")
+    reused = align.as_role(query, options, role="base")
+    assert reused.small is query.small
+    np.testing.assert_array_equal(reused.views, again.views)
+    found = align.match(query, reused, options, groups=(np.asarray(tiny.holdout.patient_ids),) * 2)
+    assert np.isfinite(found.similarity).all() and (found.similarity >= -1).all()

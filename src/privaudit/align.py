@@ -47,7 +47,7 @@ import numpy as np
 from privaudit.embed.base import resized
 from privaudit.search import knn
 
-__all__ = ["AlignOptions", "AlignedImages", "Aligned", "prepare", "aligned_similarity", "candidates"]
+__all__ = ["AlignOptions", "AlignedImages", "Aligned", "prepare", "as_role", "match", "aligned_similarity", "candidates"]
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,15 @@ def prepare(images: Sequence[np.ndarray], options: AlignOptions = AlignOptions()
 
     ``role="base"``: the images searched in (their crops are extra views);
     ``role="query"``: the images searched for (mirrored as an extra view)."""
-    small = resized(images, options.size)
+    return as_role(resized(images, options.size), options, role=role)
+
+
+def as_role(small: np.ndarray | AlignedImages, options: AlignOptions = AlignOptions(), *, role: str = "base") -> AlignedImages:
+    """The candidate-search views of images already reduced to ``options.size`` (``small``, or
+    the ``small`` of a :class:`AlignedImages` prepared for the other role), so that a set used
+    both as queries and as a base set is read and resized once."""
+    if isinstance(small, AlignedImages):
+        small = small.small
     if role == "base":
         places = [(0.5, 0.5)] + ([(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)] if options.retrieval_corners else [])
         views = np.stack([
@@ -156,6 +164,14 @@ def prepare(images: Sequence[np.ndarray], options: AlignOptions = AlignOptions()
     else:
         raise ValueError(f"role must be 'base' or 'query'; got {role!r}")
     return AlignedImages(small, views)
+
+
+def match(query: AlignedImages, base: AlignedImages, options: AlignOptions = AlignOptions(), *, groups: tuple[np.ndarray, np.ndarray] | None = None) -> Aligned:
+    """:func:`candidates` then :func:`aligned_similarity`: each query's best NCC with a base
+    image, and which. A query without an admissible candidate gets similarity -1 (no evidence,
+    the lowest NCC), never ``-inf``, so that scores formed from it stay finite."""
+    found = aligned_similarity(query, base, candidates(query, base, options.candidates, groups=groups), options)
+    return Aligned(np.maximum(found.similarity, -1.0), found.nearest)
 
 
 def candidates(query: AlignedImages, base: AlignedImages, k: int, *, groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:

@@ -59,7 +59,7 @@ from typing import Any, Literal
 import numpy as np
 
 from privaudit import transforms
-from privaudit.align import AlignedImages, AlignOptions, aligned_similarity, candidates, prepare
+from privaudit.align import AlignedImages, AlignOptions, as_role, match, prepare
 from privaudit.checks.base import (
     CHECKS,
     AuditContext,
@@ -766,21 +766,14 @@ class _AlignedSpace(_Space):
     def score_images(self, ctx: AuditContext, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         query = prepare(images, self.align, role="query")
         assert self.base is not None
-        found = _aligned(query, self.base, self.align)
+        found = match(query, self.base, self.align)
         if self.ref_base is None:
-            return found[0], found[1], found[0]
-        ref = _aligned(query, self.ref_base, self.align)[0]
-        return found[0], found[1], score_against(found[0], ref, self.kind)
+            return found.similarity, found.nearest, found.similarity
+        ref = match(query, self.ref_base, self.align).similarity
+        return found.similarity, found.nearest, score_against(found.similarity, ref, self.kind)
 
     def score_extra(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise TypeError("the aligned component scores images, not vectors: use score_images")
-
-
-def _aligned(query: AlignedImages, base: AlignedImages, options: AlignOptions, groups: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(similarity, nearest base index) of each query: its best NCC over its candidates. A query
-    without an admissible candidate gets similarity -1 (no evidence), never -inf."""
-    found = aligned_similarity(query, base, candidates(query, base, options.candidates, groups=groups), options)
-    return np.maximum(found.similarity, -1.0), found.nearest
 
 
 def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, warnings: list[str]) -> tuple[_Space | None, AlignedRecord]:
@@ -812,17 +805,18 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
     base = prepare(ctx.train.images, align, role="base")
     syn_q = prepare(ctx.synthetic.images, align, role="query")
     null_q = prepare(null_images, align, role="query")
-    syn_sim, syn_nearest = _aligned(syn_q, base, align)
+    syn = match(syn_q, base, align)
+    syn_sim, syn_nearest = syn.similarity, syn.nearest
     exclude = None
     if primary.source != "holdout":  # the within-training null: leave the image's own patient (or itself) out
         own = np.asarray(ctx.train.patient_ids) if ctx.train.patient_ids is not None else np.arange(len(ctx.train)).astype(str)
         exclude = (own[rows], own)
-    null_sim = _aligned(null_q, base, align, exclude)[0]
+    null_sim = match(null_q, base, align, groups=exclude).similarity
     syn_score, null_score, ref_base, syn_ref = syn_sim, null_sim, None, None
     if primary.reference is not None:  # scored against real non-members, as the spaces are
-        ref_base = prepare(null_images, align, role="base")
-        null_ref = _aligned(null_q, ref_base, align, (primary.null_group, primary.null_group))[0]
-        syn_ref = _aligned(syn_q, ref_base, align)[0]
+        ref_base = as_role(null_q, align, role="base")  # the null images, resized once
+        null_ref = match(null_q, ref_base, align, groups=(primary.null_group, primary.null_group)).similarity
+        syn_ref = match(syn_q, ref_base, align).similarity
         syn_score, null_score = score_against(syn_sim, syn_ref, primary.kind), score_against(null_sim, null_ref, primary.kind)
     space = _AlignedSpace(
         ALIGNED, syn_sim, syn_nearest, syn_score, null_score, primary.null_group, primary.duplicates, primary.source, primary.score,
