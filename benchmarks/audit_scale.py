@@ -13,7 +13,8 @@ again with the warm one. The per-stage times and peaks come from the child's ``r
 last stage (the verdict, then writing ``results.json`` and ``report.html``) from ``os.wait4``;
 the run's peak RSS is the largest of them. The baseline measured in the same run is a raw
 float32 N x N matrix product at the pixel space's dimension (what one exact kNN pass over the
-sets costs at least), so the kNN stages can be read against it. How each stage grows with N is
+sets costs at least), so the kNN stages can be read against it; every search recorded in
+``run.searches`` is read against the product at its own dimension, also measured in the run. How each stage grows with N is
 the exponent of a power law fitted over the sizes run.
 
 Usage::
@@ -162,18 +163,21 @@ def run_audit(paths: dict[str, Path], out: Path, cache: Path, checks: str, embed
     }
 
 
-def search_ratios(searches: list[dict], product_s: float, n: int, dim: int) -> list[dict]:
+def search_ratios(searches: list[dict], products: dict[int, float], n: int) -> list[dict]:
     """Each search beside the raw product it needs, scaled from the ``n x n x dim`` product
-    measured in this run: ``n_queries x n_base x dim`` for an exact or cluster search, half of
-    ``n x n x dim`` for a set in itself (``self``: the upper triangle of tiles). An IVF search and
-    an index build need no such product (they are approximate by design): ratio None."""
+    measured in this run at the search's own dimension (``products``: dim -> seconds; a product
+    at 64 dimensions is not 1/16 of one at 1,024, memory traffic weighs more there):
+    ``n_queries x n_base`` of it for an exact or cluster search, half of that for a set in itself
+    (``self``: the upper triangle of tiles). An IVF search and an index build need no such
+    product (they are approximate by design): ratio None."""
     rows = []
     for t in searches:
-        work = t["n_queries"] * t["n_base"] * t["dim"] / (n * n * dim)
+        product_s = products.get(t["dim"])
+        work = t["n_queries"] * t["n_base"] / (n * n)
         needed = None
-        if t["kind"] in ("exact", "cluster"):
+        if product_s is not None and t["kind"] in ("exact", "cluster"):
             needed = product_s * work
-        elif t["kind"] == "self":
+        elif product_s is not None and t["kind"] == "self":
             needed = product_s * work / 2
         rows.append({**t, "product_s": None if needed is None else round(needed, 4),
                      "ratio": None if not needed else round(t["seconds"] / needed, 3)})
@@ -240,9 +244,14 @@ def main() -> None:
             warm = run_audit(paths, folder / "warm", cache, args.checks, args.embedder, args.threads, args.pixel_budget_mb, args.config)
             dim = 64 * 64 // 4  # the pixel embedder's dimension: 32 x 32
             mm = in_child(f"matmul_seconds({n}, {dim})")
-            warm["searches"] = search_ratios(warm["searches"], mm, n, dim)
-            cold["searches"] = search_ratios(cold["searches"], mm, n, dim)
-            figures["sizes"][n] = {"cold": cold, "warm": warm, "matmul_s": round(mm, 3)}
+            # The product at every other dimension a search ran in (e.g. reid's identity space).
+            products = {dim: mm}
+            for d in sorted({t["dim"] for t in warm["searches"] + cold["searches"]} - {dim}):
+                products[d] = in_child(f"matmul_seconds({n}, {d})")
+            warm["searches"] = search_ratios(warm["searches"], products, n)
+            cold["searches"] = search_ratios(cold["searches"], products, n)
+            figures["sizes"][n] = {"cold": cold, "warm": warm, "matmul_s": round(mm, 3),
+                                   "products_s": {str(d): round(v, 3) for d, v in products.items()}}
             print(f"N={n}: cold {cold['wall_s']:.1f} s, peak {cold['peak_rss_mb']:.0f} MiB; warm {warm['wall_s']:.1f} s, "
                   f"peak {warm['peak_rss_mb']:.0f} MiB; one N x N x 1024 float32 product {mm:.2f} s", flush=True)
             for name, st in warm["stages"].items():

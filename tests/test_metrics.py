@@ -161,6 +161,9 @@ def test_prdc_does_not_depend_on_tiles_chunks_or_order():
     r2, f2 = M.knn_radii_sq(real, 5), M.knn_radii_sq(fake, 5)
     np.testing.assert_array_equal(M.knn_radii_sq(real, 5, chunk_size=17), r2)
     np.testing.assert_array_equal(M.knn_radii_sq(real, 5, tile=50), r2)
+    # Both candidate passes (the tiled triangle, FAISS's full search) give the same exact radii.
+    for method in ("triangle", "faiss"):
+        np.testing.assert_array_equal(M.knn_radii_sq(real, 5, tile=50, method=method), r2)
     big = M.prdc_with_radii(real, fake, r2, f2, k=5)
     small = M.prdc_with_radii(real, fake, r2, f2, k=5, tile=37)
     for name in ("fake_ball_counts", "real_covered", "real_in_fake_manifold"):
@@ -182,7 +185,8 @@ def test_radii_widen_the_search_when_candidates_tie(caplog):
     x[40:52] = x[40] + rs.normal(scale=1e-4, size=(12, 5)).astype(np.float32)  # near-duplicates
     for k in (1, 5, 29, 35):
         expected = np.sort(((x[:, None, :].astype(np.float64) - x[None].astype(np.float64)) ** 2).sum(-1), axis=1)[:, k]
-        np.testing.assert_allclose(M.knn_radii_sq(x, k, tile=32), expected, rtol=1e-12, atol=0)
+        for method in ("triangle", "faiss"):
+            np.testing.assert_allclose(M.knn_radii_sq(x, k, tile=32, method=method), expected, rtol=1e-12, atol=0)
     assert "searched again" in caplog.text
 
 

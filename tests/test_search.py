@@ -65,14 +65,18 @@ def test_leave_one_group_out_matches_brute_force():
     np.testing.assert_allclose(solo.similarities, _slow_excluding(x, np.arange(60), 2), atol=1e-5)
 
 
-@pytest.mark.parametrize("tile", [1, 7, 32, 4096], ids=["tile1", "tile7", "tile32", "one-tile"])
-def test_self_knn_computes_half_the_product_and_equals_brute_force(tile):
+@pytest.mark.parametrize(
+    "tile, method", [(1, "triangle"), (7, "triangle"), (32, "triangle"), (4096, "triangle"), (32, "faiss"), (32, "auto")],
+    ids=["tile1", "tile7", "tile32", "one-tile", "faiss", "auto"],
+)
+def test_self_knn_computes_half_the_product_and_equals_brute_force(tile, method):
     """The upper-triangle tiled self-search (each tile serves its rows and, transposed, its
-    columns) against the numpy brute force, across tile sizes that split the set unevenly."""
+    columns) against the numpy brute force, across tile sizes that split the set unevenly;
+    and FAISS's full search, which ``auto`` picks at this small dimension."""
     rng = np.random.default_rng(8)
     x = _unit(rng, 130, 16)
     x[5] = x[77]  # an exact duplicate across tiles
-    nb, ref = self_knn(x, k=4, tile=tile), knn_reference(x, x, k=4)
+    nb, ref = self_knn(x, k=4, tile=tile, method=method), knn_reference(x, x, k=4)
     np.testing.assert_allclose(nb.similarities, ref.similarities, atol=1e-6)
     assert (np.diff(nb.similarities, axis=1) <= 0).all()
     # The same neighbours, the duplicates 5 and 77 being interchangeable (no other ties here).
@@ -82,6 +86,23 @@ def test_self_knn_computes_half_the_product_and_equals_brute_force(tile):
     assert set(nb.indices[5, :2]) == set(nb.indices[77, :2]) == {5, 77}
     with pytest.raises(InputError, match="k must lie in"):
         self_knn(x, k=131)
+
+
+@pytest.mark.parametrize("method", ["triangle", "faiss"])
+def test_self_knn_offsets_rank_by_euclidean_distance(method):
+    """With offsets |x_j|^2 / 2 the scores order neighbours by Euclidean distance, for vectors
+    of any norm: |x_i - x_j|^2 = |x_i|^2 - 2 score, against the brute-force distances."""
+    rng = np.random.default_rng(9)
+    x = (rng.normal(size=(90, 12)) * rng.uniform(0.2, 3.0, size=(90, 1))).astype(np.float32)
+    norms = (x.astype(np.float64) ** 2).sum(1)
+    nb = self_knn(x, k=5, tile=16, offsets=norms / 2, method=method)
+    dist = ((x[:, None, :].astype(np.float64) - x[None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_array_equal(nb.indices, np.argsort(dist, axis=1, kind="stable")[:, :5])
+    np.testing.assert_allclose(norms[:, None] - 2 * nb.similarities, np.sort(dist, axis=1)[:, :5], atol=1e-4)
+    with pytest.raises(ValueError, match="one value per vector"):
+        self_knn(x, k=2, offsets=norms[:5])
+    with pytest.raises(ValueError, match="method must be one of"):
+        self_knn(x, k=2, method="fast")
 
 
 def test_one_group_has_no_admissible_neighbour():
@@ -109,10 +130,12 @@ def test_timed_searches_records_each_search_with_its_shape_only_inside_the_block
     with timed_searches() as found:
         knn(queries, base, k=3)
         SearchIndex(base, index="ivf", nlist=4, seed=0).search(queries, k=2)
-        self_knn(base, k=2)
+        self_knn(base, k=2, method="triangle")
         with timed_searches() as inner:  # a nested block records its own searches only
-            self_knn(queries, k=1)
+            self_knn(queries, k=1, method="triangle")
+        self_knn(base, k=1)  # at 8 dimensions FAISS's full search: recorded as exact
     assert [(t.kind, t.n_queries, t.n_base, t.dim, t.k) for t in found] == [
-        ("exact", 50, 300, 8, 3), ("ivf build", 0, 300, 8, 0), ("ivf", 50, 300, 8, 2), ("self", 300, 300, 8, 2)]
+        ("exact", 50, 300, 8, 3), ("ivf build", 0, 300, 8, 0), ("ivf", 50, 300, 8, 2), ("self", 300, 300, 8, 2),
+        ("exact", 300, 300, 8, 1)]
     assert [(t.kind, t.n_queries) for t in inner] == [("self", 50)]
     assert all(t.seconds >= 0 and t.stage is None for t in found + inner)

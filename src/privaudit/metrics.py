@@ -837,27 +837,33 @@ def _as_reference_distance(sq: np.ndarray | float) -> np.ndarray:
     return np.sqrt(np.asarray(sq, dtype=np.float32))
 
 
-def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = PRDC_TILE) -> np.ndarray:
+def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = PRDC_TILE, method: str = "auto") -> np.ndarray:
     """Squared distance of every row of ``x`` to its k-th nearest neighbour in ``x``, the row
     itself counted at distance 0 (so: the (k+1)-th smallest distance, as ``prdc`` does), exact.
 
-    A float32 pass proposes ``k + 1 + extra`` candidates per row (:func:`_self_knn_candidates`);
-    their distances are recomputed in float64 and the radius taken from those. The radius is
-    provably the exact one when it lies below the last candidate's float32 distance minus the
-    float32 error bound: no other point can then be closer. Rows that fail the test are searched
-    again with FAISS (``IndexFlatL2``) and 4x the candidates, up to all points.
+    A float32 pass proposes ``k + 1 + extra`` candidates per row: :func:`privaudit.search.self_knn`
+    ranks the rows by ``x_i . x_j - |x_j|^2 / 2``, the order of Euclidean distance, over the upper
+    triangle of tiles of ``X X^T`` (half a product; FAISS's full search below
+    :data:`privaudit.search.SELF_TRIANGLE_FROM_DIM` dimensions). The candidates' distances are
+    recomputed in float64 and the radius taken from those. The radius is provably the exact one
+    when it lies below the last candidate's float32 distance minus the float32 error bound: no
+    other point can then be closer. Rows that fail the test are searched again with FAISS
+    (``IndexFlatL2``) and 4x the candidates, up to all points. ``tile`` and ``method`` are
+    :func:`~privaudit.search.self_knn`'s.
     """
-    from privaudit.search import record_search
+    from privaudit.search import _unrecorded, record_search, self_knn, self_search_kind
 
     started = time.perf_counter()
     x = _as_f32(x)
     n, d = x.shape
     if not 1 <= k < n:
         raise InputError(f"k must lie in [1, {n - 1}] for {n} samples; got {k}")
-    norms = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))
-    # |x|² + |y|² - 2 x·y in float32 (both passes compute it so) errs by less than about
-    # 2 (d + 1) u (|x|² + |y|²) for any summation order (Higham, Accuracy and Stability, 3.1);
-    # twice that.
+    xx = x.astype(np.float64)
+    norms = np.einsum("ij,ij->i", xx, xx)
+    del xx
+    # The candidates' float32 distances |x_i|² - 2 (x_i·x_j - |x_j|²/2) err by less than about
+    # 2 (d + 3) u (|x_i|² + |x_j|²) for any summation order (the product's error, Higham,
+    # Accuracy and Stability, 3.1, with the offset's and the score's roundings); twice that.
     err = 4.0 * (d + 8) * _U32 * (norms + norms.max())
     want = min(n, k + 1 + _EXTRA_CANDIDATES)
     out = np.empty(n, dtype=np.float64)
@@ -865,8 +871,12 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
     def settle(rows: np.ndarray, dist32: np.ndarray, idx: np.ndarray, want: int) -> np.ndarray:
         """Exact radii of ``rows`` from their candidates; returns the rows that fail the proof."""
         exact = np.empty((len(rows), want + 1), dtype=np.float64)
+        # As _exact_sq_dist, the rows converted once (not once per candidate).
+        xr = x[rows].astype(np.float64)
+        diff = np.empty_like(xr)
         for c in range(want):
-            exact[:, c] = _exact_sq_dist(x[rows], x[idx[:, c]])
+            np.subtract(xr, x[idx[:, c]], out=diff)
+            exact[:, c] = np.einsum("ij,ij->i", diff, diff)
         # The row itself is at distance 0; with many duplicates it may not be a candidate.
         exact[:, want] = np.where((idx == rows[:, None]).any(axis=1), np.inf, 0.0)
         r2 = np.partition(exact, k, axis=1)[:, k]
@@ -874,7 +884,11 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
         out[rows[ok]] = r2[ok]
         return rows[~ok]
 
-    dist32, idx = _self_knn_candidates(x, want, tile)
+    with _unrecorded():  # recorded once below, the float64 checks included
+        found = self_knn(x, k=want, tile=tile, offsets=(norms / 2.0).astype(np.float32), method=method)
+    # Ascending float32 distances; float32 scores, as an all-float32 pass has them.
+    dist32 = norms[:, None] - 2.0 * found.similarities.astype(np.float64)
+    idx = found.indices
     failed = [settle(np.arange(s, min(s + chunk_size, n)), dist32[s : s + chunk_size], idx[s : s + chunk_size], want) for s in range(0, n, chunk_size)]
     todo = np.concatenate(failed)
     index = None
@@ -892,49 +906,8 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
             dist32, idx = index.search(x[rows], want)
             failed.append(settle(rows, dist32, idx, want))
         todo = np.concatenate(failed)
-    record_search("self", n, n, d, k + 1, started)
+    record_search(self_search_kind(d, method), n, n, d, k + 1, started)
     return out
-
-
-def _self_knn_candidates(x: np.ndarray, want: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``want`` smallest float32 squared distances of every row to all rows (itself
-    included), with their indices, ascending.
-
-    Why not FAISS here: a self-search through ``IndexFlatL2`` computes every product twice
-    (row i against row j, and j against i). This pass computes only the upper triangle of
-    tiles of ``X X^T`` and selects each tile's smallest values along both axes, so it costs
-    about half a full product (measured: 0.68 of one N x N x 512 product at N = 20,000, where
-    FAISS took 1.07 to 1.28). FAISS remains the search for rows whose radius this cannot prove.
-    """
-    import torch
-
-    n = x.shape[0]
-    xt = torch.from_numpy(x)
-    norms = (xt * xt).sum(dim=1)
-    best_v = torch.full((n, want), math.inf)
-    best_i = torch.full((n, want), -1, dtype=torch.int64)
-    buf = torch.empty(min(tile, n) ** 2)
-
-    def merge(lo: int, hi: int, values: torch.Tensor, indices: torch.Tensor) -> None:
-        both_v = torch.cat([best_v[lo:hi], values], dim=1)
-        top = torch.topk(both_v, want, dim=1, largest=False)
-        best_i[lo:hi] = torch.gather(torch.cat([best_i[lo:hi], indices], dim=1), 1, top.indices)
-        best_v[lo:hi] = top.values
-
-    with torch.inference_mode():
-        for i0 in range(0, n, tile):
-            i1 = min(i0 + tile, n)
-            for j0 in range(i0, n, tile):
-                j1 = min(j0 + tile, n)
-                g = buf[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
-                torch.mm(xt[i0:i1], xt[j0:j1].T, out=g)
-                g.mul_(-2.0).add_(norms[i0:i1, None]).add_(norms[None, j0:j1])
-                top = torch.topk(g, min(want, j1 - j0), dim=1, largest=False)
-                merge(i0, i1, top.values, top.indices + j0)
-                if j0 != i0:  # the same tile, transposed, serves the rows j0:j1
-                    top = torch.topk(g, min(want, i1 - i0), dim=0, largest=False)
-                    merge(j0, j1, top.values.T, top.indices.T + i0)
-    return best_v.numpy().astype(np.float64), best_i.numpy()
 
 
 def prdc_with_radii(

@@ -75,8 +75,9 @@ class SearchTiming:
         kind: ``"exact"`` (FAISS ``IndexFlatIP``), ``"ivf"`` (an IVF index searched, with its
             exact re-ranking), ``"ivf build"`` (its k-means training and filling; queries 0),
             ``"self"`` (a set in itself: :func:`self_knn`, or the quality check's k-NN radii,
-            :func:`privaudit.metrics.knn_radii_sq`; half a product) or ``"cluster"`` (exact
-            search sharded on a Ray cluster).
+            :func:`privaudit.metrics.knn_radii_sq`; half a product; below
+            :data:`SELF_TRIANGLE_FROM_DIM` dimensions these run as FAISS's full search and are
+            recorded as ``"exact"``) or ``"cluster"`` (exact search sharded on a Ray cluster).
         n_queries, n_base, dim: the shape of the search: an exact search costs at least an
             ``n_queries x n_base x dim`` matrix product, a ``"self"`` search half of one.
         k: neighbours per query.
@@ -420,24 +421,67 @@ class NeighborMemo:
 #: Rows and columns of one tile of :func:`self_knn`'s product: 4096 x 4096 float32 is 64 MB.
 SELF_TILE = 4096
 
+#: Dimension from which :func:`self_knn` multiplies the upper triangle of tiles itself. Below
+#: it the product is cheap and the tiles' top-k passes cost more than the half product saves,
+#: and FAISS's full search is faster: at 20,000 vectors, FAISS took 1.3-1.4x the half product
+#: at d = 64 and 1.8-2.2x at d = 256 against the triangle's 3.7-5.1x and 2.7-3.2x; at d = 1,024
+#: the triangle took 1.6-1.8x, FAISS 2.1x (``benchmarks/self_search.py --dim``).
+SELF_TRIANGLE_FROM_DIM = 512
 
-def self_knn(vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE) -> Neighbors:
+
+SELF_METHODS: tuple[str, ...] = ("auto", "triangle", "faiss")
+
+
+def self_search_kind(dim: int, method: str = "auto") -> str:
+    """How :func:`self_knn` searches a set of ``dim``-dimensional vectors in itself, as
+    :class:`SearchTiming` names it: ``"self"`` (the upper triangle, half a product) or
+    ``"exact"`` (FAISS, the whole product)."""
+    if method not in SELF_METHODS:
+        raise ValueError(f"method must be one of {', '.join(SELF_METHODS)}; got {method!r}")
+    if method == "auto":
+        return "self" if dim >= SELF_TRIANGLE_FROM_DIM else "exact"
+    return "self" if method == "triangle" else "exact"
+
+
+@contextlib.contextmanager
+def _unrecorded() -> Iterator[None]:
+    """Searches inside the block are not recorded (a caller that times the whole of a search
+    made of several records it once)."""
+    token = _timings.set(None)
+    try:
+        yield
+    finally:
+        _timings.reset(token)
+
+
+def self_knn(
+    vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE, offsets: np.ndarray | None = None, method: str = "auto"
+) -> Neighbors:
     """The ``k`` most similar vectors of each vector of one set, itself included, exact.
 
     Why not FAISS: searching a set in itself through ``IndexFlatIP`` computes every inner
     product twice (``x_i . x_j`` for row i, and again for row j). This pass computes only the
     upper triangle of tiles of ``X X^T`` and takes each tile's best values along both axes, so
     it costs about half a product (``benchmarks/self_search.py``: 1.26x the half product and
-    1.81x faster than FAISS at 100,000 x 1,024). The similarities are float32 inner products, as FAISS's are (they may differ from
-    FAISS's in the last bit: the sums run in another order).
+    1.81x faster than FAISS at 100,000 x 1,024). Below :data:`SELF_TRIANGLE_FROM_DIM`
+    dimensions FAISS's full search is faster, and is used. The similarities are float32 inner
+    products, as FAISS's are (they may differ from FAISS's in the last bit: the sums run in
+    another order).
 
     Args:
         vectors: ``(n, d)`` vectors (unit rows for cosine similarity).
         k: neighbours per vector, the vector itself among them (at most ``n``).
         tile: rows (and columns) of one tile; bounds memory, not results.
+        offsets: optional ``(n,)`` values subtracted from each *neighbour's* similarity: the
+            score of ``j`` for row ``i`` is ``x_i . x_j - offsets[j]``. With ``|x_j|^2 / 2``
+            the order is that of Euclidean distance (``|x_i - x_j|^2 = |x_i|^2 - 2 score``),
+            which :func:`privaudit.metrics.knn_radii_sq` uses for vectors of any norm.
+        method: ``"triangle"`` (the tiled upper triangle), ``"faiss"`` (FAISS's full search)
+            or ``"auto"`` (the triangle from :data:`SELF_TRIANGLE_FROM_DIM` dimensions on).
 
     Returns:
-        :class:`Neighbors`, most similar first (ties in any order).
+        :class:`Neighbors`, most similar first (ties in any order); with ``offsets``, its
+        similarities are the scores.
 
     Example:
         >>> import numpy as np
@@ -452,10 +496,22 @@ def self_knn(vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE) -> Neigh
     if tile < 1:
         raise ValueError(f"tile must be at least 1; got {tile}")
     n = x.shape[0]
+    h = None
+    if offsets is not None:
+        h = np.ascontiguousarray(offsets, dtype=np.float32).ravel()
+        if h.shape != (n,):
+            raise ValueError(f"offsets must hold one value per vector ({n}); got shape {np.shape(offsets)}")
+    if self_search_kind(x.shape[1], method) == "exact":
+        if h is None:
+            return knn(x, x, k=k)
+        # x_i . x_j - h_j as one inner product: [x_i, 1] . [x_j, -h_j].
+        ones = np.ones((n, 1), dtype=np.float32)
+        return knn(np.hstack([x, ones]), np.hstack([x, -h[:, None]]), k=k)
     best_v = torch.full((n, k), -math.inf)
     best_i = torch.full((n, k), -1, dtype=torch.int64)
     side = min(tile, n)
     prod, flipped = np.empty(side * side, dtype=np.float32), torch.empty(side * side)
+    ht = None if h is None else torch.from_numpy(h)
 
     def merge(lo: int, g: torch.Tensor, offset: int, *, columns: bool = False) -> None:
         """Fold the rows of ``g`` (or its columns: rows ``lo...`` of the set, the other axis
@@ -467,17 +523,21 @@ def self_knn(vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE) -> Neigh
         need = torch.nonzero(g.amax(dim=0 if columns else 1) > best_v[rows, -1]).ravel()
         if need.numel() == 0:
             return
+        # Where most rows need it, the whole tile is sorted: gathering the rows first would
+        # copy nearly all of it for nothing.
+        whole = need.numel() * 4 > count * 3
         if columns:
             # Gathered contiguous first: a top-k down the columns of a 4,096 x 4,096 tile took
             # 0.080 s, a copy and a top-k along rows 0.039 s.
-            sub = flipped[: need.numel() * g.shape[0]].view(need.numel(), g.shape[0])
-            sub.copy_(g.T if need.numel() == count else g[:, need].T)
+            sub = flipped[: (count if whole else need.numel()) * g.shape[0]].view(-1, g.shape[0])
+            sub.copy_(g.T if whole else g[:, need].T)
         else:
-            sub = g if need.numel() == count else g[need]
+            sub = g if whole else g[need]
         top = torch.topk(sub, min(k, sub.shape[1]), dim=1)
+        top_v, top_i = (top.values[need], top.indices[need]) if whole and need.numel() < count else (top.values, top.indices)
         at = need + lo
-        both_v = torch.cat([best_v[at], top.values], dim=1)
-        both_i = torch.cat([best_i[at], top.indices + offset], dim=1)
+        both_v = torch.cat([best_v[at], top_v], dim=1)
+        both_i = torch.cat([best_i[at], top_i + offset], dim=1)
         keep = torch.topk(both_v, k, dim=1)
         best_v[at] = keep.values
         best_i[at] = torch.gather(both_i, 1, keep.indices)
@@ -491,8 +551,12 @@ def self_knn(vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE) -> Neigh
                 g_np = prod[: (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)
                 np.matmul(x[i0:i1], x[j0:j1].T, out=g_np)
                 g = torch.from_numpy(g_np)
+                if ht is not None:
+                    g.sub_(ht[None, j0:j1])  # rows i0:i1 score their neighbours j0:j1
                 merge(i0, g, j0)
                 if j0 != i0:  # the same tile, transposed, serves the rows j0:j1
+                    if ht is not None:
+                        g.add_(ht[None, j0:j1]).sub_(ht[i0:i1, None])
                     merge(j0, g, i0, columns=True)
     order = torch.argsort(best_v, dim=1, descending=True, stable=True)
     sims = torch.gather(best_v, 1, order).numpy().astype(np.float32)
