@@ -91,6 +91,26 @@ def plant(train: ImageSet, per_family: int, seed: int) -> tuple[list[np.ndarray]
     return images, families, sources
 
 
+def align_options(pairs: list[str]) -> align.AlignOptions:
+    """``KEY=VALUE`` pairs as :class:`privaudit.align.AlignOptions` (comma lists for tuples)."""
+    import dataclasses
+
+    defaults = align.AlignOptions()
+    kwargs: dict[str, object] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        current = getattr(defaults, key, None)
+        if current is None or not value:
+            raise SystemExit(f"--align {pair!r}: expected KEY=VALUE with KEY one of {', '.join(f.name for f in dataclasses.fields(defaults))}")
+        if isinstance(current, tuple):
+            kwargs[key] = tuple(float(v) for v in value.split(","))
+        elif isinstance(current, bool):
+            kwargs[key] = value.lower() in ("1", "true", "yes")
+        else:
+            kwargs[key] = type(current)(value)
+    return align.AlignOptions(**kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="pneumoniamnist", choices=("pneumoniamnist", "covid", "phantoms"))
@@ -99,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-family", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--score", default="ratio", choices=("ratio", "relative", "raw"))
+    parser.add_argument("--align", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the aligned comparison (privaudit.align.AlignOptions), e.g. smooth=0.7 or "
+                             "crops=1,0.9,0.8 (repeatable; default: its defaults)")
     parser.add_argument("--combined", default="", help="comma-separated spaces (of --embedders) to combine by min-p, as the copies check does")
     args = parser.parse_args(argv)
     if not DATA.exists() and args.dataset != "phantoms":
@@ -111,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.dataset}: {len(train)} training images, {len(noncopies)} real non-copies, {len(copies)} planted copies ({note}); {args.score} score")
     fprs = [0.01] + ([0.001] if len(noncopies) >= 3000 else [])
     groups = np.asarray(noncopies.patient_ids) if noncopies.patient_ids is not None else np.arange(len(noncopies))
-    figures: dict[str, object] = {"dataset": args.dataset, "score": args.score, "n_train": len(train), "n_noncopies": len(noncopies), "note": note, "embedders": {}}
+    figures: dict[str, object] = {"dataset": args.dataset, "score": args.score, "n_train": len(train), "n_noncopies": len(noncopies), "note": note,
+                                  "align_options": args.align, "embedders": {}}
     per_space: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     linked_by: dict[str, np.ndarray] = {}
     for name in args.embedders.split(","):
@@ -119,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "aligned":
             embedder = None
             t_fit = 0.0
-            opts = align.AlignOptions()
+            opts = align_options(args.align)
             base, q_copy = align.prepare(train.images, opts, role="base"), align.prepare(copies, opts, role="query")
             q_non = align.prepare(noncopies.images, opts, role="query")
             ref_base = align.as_role(q_non, opts, role="base")

@@ -101,6 +101,38 @@ def test_bad_options_are_refused():
         align.AlignOptions(candidates=0)
     with pytest.raises(ValueError, match="crop factors"):
         align.AlignOptions(crops=(1.0, 0.1))
+    with pytest.raises(ValueError, match="smooth"):
+        align.AlignOptions(smooth=-0.5)
+    with pytest.raises(ValueError, match="smooth"):
+        align.AlignOptions(size=32, smooth=5.0)
+
+
+def test_smoothing_lifts_noisy_copies_more_than_other_images(tiny):
+    """Pixel noise lowers a copy's NCC with its source; the blur averages it away. A noisy copy
+    gains more from it than the best of ten images of other patients does (in the ratio score
+    the copies check uses), and an exact copy stays at 1."""
+    rng = np.random.default_rng(5)
+    train = tiny.train
+    picks = rng.choice(len(train), 4, replace=False)
+    noisy = [np.clip(train.images[int(i)] + rng.normal(0, 0.12, train.images[int(i)].shape), 0, 1).astype(np.float32) for i in picks]
+    exact = [train.images[int(picks[0])]]
+    pids = np.asarray(train.patient_ids)
+    gains = []
+    for smooth in (0.0, 1.0):
+        options = align.AlignOptions(smooth=smooth)
+        base = align.prepare(train.images, options, role="base")
+        query = align.prepare(noisy + exact, options, role="query")
+        own = align.aligned_similarity(query, base, np.array([[int(i)] for i in picks] + [[int(picks[0])]]), options).similarity
+        # The best image of another patient, for each noisy copy.
+        others = np.array([[j for j in range(len(train)) if pids[j] != pids[int(i)]][: options.candidates] for i in picks])
+        other = align.aligned_similarity(align.prepare(noisy, options, role="query"), base, others, options).similarity
+        assert own[-1] == pytest.approx(1.0, abs=1e-4)
+        gains.append((own[:-1], other))
+    (own0, other0), (own1, other1) = gains
+    assert (own1 > own0).all(), "the blur raises each noisy copy's NCC with its source"
+    # The copies check's ratio score: log of (1 - the other patients' best) / (1 - its source's).
+    ratio = lambda own, other: np.log((1 - other) / (1 - own))  # noqa: E731
+    assert (ratio(own1, other1) > ratio(own0, other0) + 0.3).all(), "and lifts its ratio score over other patients"
 
 
 def test_a_set_prepared_once_serves_as_queries_and_as_a_base(tiny):

@@ -347,6 +347,7 @@ class AlignedRecord:
         size: side in px at which images were aligned.
         angles: rotations undone, in degrees.
         crops: crop factors undone.
+        smooth: the Gaussian blur (standard deviation in px at ``size``) applied before matching.
     """
 
     used: bool
@@ -355,6 +356,7 @@ class AlignedRecord:
     size: int
     angles: tuple[float, ...]
     crops: tuple[float, ...]
+    smooth: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -782,7 +784,7 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
     align = AlignOptions()
 
     def record(reason: str | None) -> AlignedRecord:
-        return AlignedRecord(reason is None, reason, align.candidates, align.size, align.angles, align.crops)
+        return AlignedRecord(reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth)
 
     if not options.align:
         return None, record("turned off (copies.align = false)")
