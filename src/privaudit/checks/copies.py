@@ -142,7 +142,7 @@ class CopiesOptions:
         align_max: the largest set (training, synthetic or null) the aligned component runs
             on; above it the component is left out, with a warning (its cost grows with the
             synthetic and null images, each aligned with 10 candidates in two base sets:
-            measured 91 s for the copies check of a 10,000 x 10,000 x 2,000 study on 2 cores,
+            measured 76 s for the copies check of a 10,000 x 10,000 x 2,000 study on 2 cores,
             against 6-8 s without it).
     """
 
@@ -798,7 +798,7 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
         warnings.append(
             f"The aligned comparison (copies mirrored, rotated, cropped or shifted) was not run: {reason}. "
             "Such copies are found only as well as the embedding spaces find them; raise copies.align_max to run it "
-            "(measured: 91 s for a 10,000 x 10,000 x 2,000 copies check on 2 cores, against 6-8 s without it)."
+            "(measured: 76 s for a 10,000 x 10,000 x 2,000 copies check on 2 cores, against 6-8 s without it)."
         )
         return None, record(reason)
     source = ctx.holdout if primary.source == "holdout" else ctx.train
