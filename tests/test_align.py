@@ -123,7 +123,7 @@ def test_smoothing_lifts_noisy_copies_more_than_other_images(tiny):
         base = align.prepare(train.images, options, role="base")
         query = align.prepare(noisy + exact, options, role="query")
         own = align.aligned_similarity(query, base, np.array([[int(i)] for i in picks] + [[int(picks[0])]]), options).similarity
-        # The best image of another patient, for each noisy copy.
+        # Ten images of other patients for each noisy copy: the best of them.
         others = np.array([[j for j in range(len(train)) if pids[j] != pids[int(i)]][: options.candidates] for i in picks])
         other = align.aligned_similarity(align.prepare(noisy, options, role="query"), base, others, options).similarity
         assert own[-1] == pytest.approx(1.0, abs=1e-4)

@@ -423,9 +423,9 @@ SELF_TILE = 4096
 
 #: Dimension from which :func:`self_knn` multiplies the upper triangle of tiles itself. Below
 #: it the product is cheap and the tiles' top-k passes cost more than the half product saves,
-#: and FAISS's full search is faster: at 20,000 vectors, FAISS took 1.3-1.4x the half product
-#: at d = 64 and 1.8-2.2x at d = 256 against the triangle's 3.7-5.1x and 2.7-3.2x; at d = 1,024
-#: the triangle took 1.6-1.8x, FAISS 2.1x (``benchmarks/self_search.py --dim``).
+#: and FAISS's full search is faster. ``benchmarks/self_search.py --sizes 20000 --dim D``
+#: (top-2, 2 threads, idle, 2026-12-07), times the half product: FAISS 1.43x at d = 64, 2.35x
+#: at 256, 2.09x at 1,024; the triangle 4.60x, 3.75x and 1.74x.
 SELF_TRIANGLE_FROM_DIM = 512
 
 
