@@ -505,3 +505,15 @@ def test_cnn_classifier_learns_an_easy_task_and_is_seeded():
 def test_docstring_examples():
     failures, _ = doctest.testmod(M, optionflags=doctest.ELLIPSIS)
     assert failures == 0
+
+
+def test_radii_are_recorded_once_as_one_search():
+    """The radii's candidate search runs inside them: recorded once, as the whole (``self``
+    from 512 dimensions on, FAISS's full search below, as self_knn picks)."""
+    from privaudit.search import timed_searches
+
+    rng = np.random.default_rng(0)
+    with timed_searches() as found:
+        M.knn_radii_sq(rng.normal(size=(300, 600)).astype(np.float32), 5)
+        M.knn_radii_sq(rng.normal(size=(300, 16)).astype(np.float32), 5)
+    assert [(t.kind, t.n_queries, t.dim, t.k) for t in found] == [("self", 300, 600, 6), ("exact", 300, 16, 6)]

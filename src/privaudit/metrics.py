@@ -851,7 +851,7 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
     (``IndexFlatL2``) and 4x the candidates, up to all points. ``tile`` and ``method`` are
     :func:`~privaudit.search.self_knn`'s.
     """
-    from privaudit.search import _unrecorded, record_search, self_knn, self_search_kind
+    from privaudit.search import record_search, self_knn, self_search_kind, timed_searches
 
     started = time.perf_counter()
     x = _as_f32(x)
@@ -884,7 +884,7 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
         out[rows[ok]] = r2[ok]
         return rows[~ok]
 
-    with _unrecorded():  # recorded once below, the float64 checks included
+    with timed_searches():  # a block of its own: recorded once below, the float64 checks included
         found = self_knn(x, k=want, tile=tile, offsets=(norms / 2.0).astype(np.float32), method=method)
     # Ascending float32 distances; float32 scores, as an all-float32 pass has them.
     dist32 = norms[:, None] - 2.0 * found.similarities.astype(np.float64)

@@ -443,17 +443,6 @@ def self_search_kind(dim: int, method: str = "auto") -> str:
     return "self" if method == "triangle" else "exact"
 
 
-@contextlib.contextmanager
-def _unrecorded() -> Iterator[None]:
-    """Searches inside the block are not recorded (a caller that times the whole of a search
-    made of several records it once)."""
-    token = _timings.set(None)
-    try:
-        yield
-    finally:
-        _timings.reset(token)
-
-
 def self_knn(
     vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE, offsets: np.ndarray | None = None, method: str = "auto"
 ) -> Neighbors:
