@@ -16,12 +16,12 @@ def tiny():
 
 def _slow_ncc(template: np.ndarray, image: np.ndarray) -> float:
     """The highest Pearson correlation of ``template`` with any window of ``image``, by loops."""
-    h = template.shape[0]
+    h, v = template.shape
     best = -1.0
     t = template.ravel().astype(np.float64)
     for y in range(image.shape[0] - h + 1):
-        for x in range(image.shape[1] - h + 1):
-            w = image[y : y + h, x : x + h].ravel().astype(np.float64)
+        for x in range(image.shape[1] - v + 1):
+            w = image[y : y + h, x : x + v].ravel().astype(np.float64)
             if w.std() > 1e-6:
                 best = max(best, float(np.corrcoef(t, w)[0, 1]))
     return best
@@ -41,6 +41,79 @@ def test_aligned_similarity_equals_a_slow_sliding_correlation():
         core = query.small[i][4:12, 4:12]
         expected = max(_slow_ncc(c, base.small[j]) for j in cands[i] for c in (core, query.small[i][:, ::-1][4:12, 4:12]))
         assert got.similarity[i] == pytest.approx(expected, abs=1e-4)
+
+
+def test_rectangular_templates_equal_the_slow_sliding_correlation():
+    """Crop factors 1 and 0.75 with ``aspect`` 0.25: four template shapes (16 x 16, 16 x 12,
+    12 x 16, 12 x 12 from a 16 px core), each mirrored; the batched convolution equals the loops
+    over every shape."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(2)
+    options = align.AlignOptions(size=24, retrieval_side=8, candidates=2, angles=(0.0,), crops=(1.0, 0.75), aspect=0.25, core=2 / 3, smooth=0.0)
+    assert options.crop_pairs == ((1.0, 1.0), (0.75, 0.75), (1.0, 0.75), (0.75, 1.0)) and options.n_templates == 8
+    # Square factors at every angle, rectangular pairs unrotated: 2 x (3 x 2 + 2).
+    assert align.AlignOptions(angles=(-4.0, 0.0, 4.0), crops=(1.0, 0.75), aspect=0.25).n_templates == 16
+    assert align.AlignOptions().n_templates == 2 * (5 * 5 + 14)
+    images = [rng.random((24, 24), dtype=np.float32) for _ in range(4)]
+    query = align.prepare(images[:1], options, role="query")
+    base = align.prepare(images[1:], options, role="base")
+    got = align.aligned_similarity(query, base, np.array([[0, 2]]), options)
+    core = torch.from_numpy(query.small[0][4:20, 4:20].copy())[None, None]
+    expected = -1.0
+    for rows, columns in ((16, 16), (16, 12), (12, 16), (12, 12)):
+        t = F.interpolate(core, size=(rows, columns), mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy() if (rows, columns) != (16, 16) else core[0, 0].numpy()
+        for template in (t, F.interpolate(torch.flip(core, dims=[-1]), size=(rows, columns), mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()):
+            expected = max(expected, *(_slow_ncc(template, base.small[j]) for j in (0, 2)))
+    assert got.similarity[0] == pytest.approx(expected, abs=1e-4)
+    # With angles: the square templates come at every angle, the rectangular ones unrotated
+    # (the same as with angle 0 alone).
+    rotating = align.AlignOptions(size=24, retrieval_side=8, angles=(-4.0, 0.0, 4.0), crops=(1.0, 0.75), aspect=0.25, core=2 / 3, smooth=0.0)
+    shapes = {shape: t for shape, t in align._templates(query.small, rotating)}
+    assert {shape: t.shape[1] for shape, t in shapes.items()} == {(16, 16): 6, (12, 12): 6, (16, 12): 2, (12, 16): 2}
+    upright = {shape: t for shape, t in align._templates(query.small, options)}
+    for shape in ((16, 12), (12, 16)):
+        np.testing.assert_allclose(shapes[shape].numpy(), upright[shape].numpy(), atol=1e-6)
+
+
+def test_a_crop_that_changed_the_aspect_ratio_is_matched_by_a_rectangular_template(tiny):
+    """A crop of 80 % of the height and 95 % of the width, resized back to a square: templates
+    whose two crop factors differ (``aspect`` 0.15) match it better than square ones alone."""
+    from PIL import Image
+
+    train = tiny.train
+    sims = {}
+    for aspect in (0.0, 0.15):
+        options = align.AlignOptions(aspect=aspect)
+        base = align.prepare(train.images, options, role="base")
+        copies, sources = [], []
+        for i in range(4):
+            im = train.images[i]
+            h, w = im.shape
+            ch, cw = int(round(h * 0.8)), int(round(w * 0.95))
+            cut = np.ascontiguousarray(im[(h - ch) // 2 : (h - ch) // 2 + ch, :cw])
+            copies.append(np.asarray(Image.fromarray(cut, mode="F").resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32))
+            sources.append([i])
+        sims[aspect] = align.aligned_similarity(align.prepare(copies, options, role="query"), base, np.array(sources), options).similarity
+    assert (sims[0.15] > sims[0.0] + 0.01).all(), sims
+    assert (sims[0.15] > 0.98).all(), sims
+
+
+def test_rotated_query_views_make_a_rotated_copys_source_the_first_candidate(tiny):
+    """Copies rotated by 10 degrees: with the query also searched at -6 and 6 degrees, each
+    copy's first candidate is a scan of its source's patient (a phantom patient's two scans are
+    near alike); searched unrotated, under 80 % of them (58 % when written)."""
+    train = tiny.train
+    pids = np.asarray(train.patient_ids)
+    copies = [transforms._affine(im, angle=10.0 if i % 2 else -10.0) for i, im in enumerate(train.images)]
+    share = {}
+    for angles in ((0.0,), (-6.0, 0.0, 6.0)):
+        options = align.AlignOptions(retrieval_angles=angles)
+        base = align.prepare(train.images, options, role="base")
+        first = align.candidates(align.prepare(copies, options, role="query"), base, 1)[:, 0]
+        share[angles] = float((pids[first] == pids).mean())
+    assert share[(-6.0, 0.0, 6.0)] == 1.0 and share[(0.0,)] < 0.8, share
 
 
 def test_each_geometric_copy_is_linked_to_its_source_above_every_other_image(tiny):
@@ -105,6 +178,12 @@ def test_bad_options_are_refused():
         align.AlignOptions(smooth=-0.5)
     with pytest.raises(ValueError, match="smooth"):
         align.AlignOptions(size=32, smooth=5.0)
+    with pytest.raises(ValueError, match="aspect"):
+        align.AlignOptions(aspect=-0.1)
+    with pytest.raises(ValueError, match="retrieval_angles"):
+        align.AlignOptions(retrieval_angles=())
+    with pytest.raises(ValueError, match="degrees"):
+        align.AlignOptions(angles=(0.0, 90.0))
 
 
 def test_smoothing_lifts_noisy_copies_more_than_other_images(tiny):

@@ -470,7 +470,7 @@ def test_aligned_comparison_finds_the_geometric_copies_pixels_miss(study):
     alone = audit(study.train, study.leaky, study.holdout, config=cfg()).checks["copies"]
     both = audit(study.train, study.leaky, study.holdout, config=cfg(align=True)).checks["copies"]
     assert alone.aligned.used is False and "turned off" in alone.aligned.reason
-    assert both.aligned.used and both.aligned.candidates == 10
+    assert both.aligned.used and both.aligned.candidates == 10 and both.aligned.aspect == 0.1
     found = {f.family: f for f in both.positive_control.families}
     before = {f.family: f for f in alone.positive_control.families}
     for family in ("flip", "crop", "rotate", "shift"):

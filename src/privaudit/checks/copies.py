@@ -142,7 +142,7 @@ class CopiesOptions:
         align_max: the largest set (training, synthetic or null) the aligned component runs
             on; above it the component is left out, with a warning (its cost grows with the
             synthetic and null images, each aligned with 10 candidates in two base sets:
-            measured 76 s for the copies check of a 10,000 x 10,000 x 2,000 study on 2 cores,
+            measured 120 s for the copies check of a 10,000 x 10,000 x 2,000 study on 2 cores,
             against 6-8 s without it).
     """
 
@@ -348,6 +348,8 @@ class AlignedRecord:
         angles: rotations undone, in degrees.
         crops: crop factors undone.
         smooth: the Gaussian blur (standard deviation in px at ``size``) applied before matching.
+        aspect: the largest difference between a template's vertical and horizontal crop
+            factors (0: square templates only).
     """
 
     used: bool
@@ -357,6 +359,7 @@ class AlignedRecord:
     angles: tuple[float, ...]
     crops: tuple[float, ...]
     smooth: float = 0.0
+    aspect: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -784,7 +787,7 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
     align = AlignOptions()
 
     def record(reason: str | None) -> AlignedRecord:
-        return AlignedRecord(reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth)
+        return AlignedRecord(reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth, align.aspect)
 
     if not options.align:
         return None, record("turned off (copies.align = false)")
