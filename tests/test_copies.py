@@ -471,10 +471,15 @@ def test_aligned_comparison_finds_the_geometric_copies_pixels_miss(study):
     both = audit(study.train, study.leaky, study.holdout, config=cfg(align=True)).checks["copies"]
     assert alone.aligned.used is False and "turned off" in alone.aligned.reason
     assert both.aligned.used and both.aligned.candidates == 10 and both.aligned.aspect == 0.1
+    assert (both.aligned.core, both.aligned.crop_core) == (0.8, 1.0)
     found = {f.family: f for f in both.positive_control.families}
     before = {f.family: f for f in alone.positive_control.families}
-    for family in ("flip", "crop", "rotate", "shift"):
+    for family in ("flip", "crop", "rotate"):
         assert found[family].found >= 3, (family, found[family])
+    # Shifts: 3 of 4 with every template on the central 80 %, 2 of 4 since the crop templates
+    # compare the whole query (on these smooth phantoms the larger templates raise the null's
+    # tail; on PneumoniaMNIST shifts went 96 -> 97 % and combined transforms 83 -> 94 %).
+    assert found["shift"].found >= 2, found["shift"]
     # Linked to the very scan. Not asked of crops and shifts: a phantom patient's scans differ
     # a little, and a crop or shift of one (its border filled in or cut off) aligns about as
     # well with another scan of the same patient (measured: 1 and 2 of 4 linked to the very

@@ -14,10 +14,11 @@ those transforms explicitly, as image copy-detection pipelines verify their cand
    base image is a candidate when any of its views is among a query's ``candidates`` most
    similar to any of the query's views (exact FAISS search).
 2. **Alignment.** The query, at ``size`` px (32), is mirrored or not, rotated back by each angle of
-   ``angles``, and its central ``core`` share is cut out and shrunk by each pair of factors of
-   ``crops``, vertically and horizontally, that differ by at most ``aspect`` (a crop of 80 % of
-   the height and 90 % of the width enlarged the content by 1/0.8 and 1/0.9; the pairs that
-   differ are tried unrotated). Each of these templates is slid
+   ``angles``; its central ``core`` share is one template (a shift or rotation filled the
+   border in), and the whole of it (``crop_core``) is shrunk by each pair of factors of
+   ``crops`` below 1, vertically and horizontally, that differ by at most ``aspect`` (a crop of
+   80 % of the height and 90 % of the width enlarged the content by 1/0.8 and 1/0.9, and
+   keeps no filled border; the pairs that differ are tried unrotated). Each of these templates is slid
    over every candidate at every integer offset, and the normalised cross-correlation (NCC,
    the Pearson correlation of the template with the window it covers) is computed for all
    offsets at once (window norms from integral images, as in Lewis, "Fast normalized
@@ -38,8 +39,8 @@ Cost: one query against one candidate is ``AlignOptions.n_templates`` templates 
 the five square factors at five angles and 14 rectangular pairs, each mirrored or not) slid over
 a ``size``-px image (32), all in one grouped convolution per batch of queries. Measured
 in the copies check of a 10,000 x 10,000 x 2,000 phantom study (``benchmarks/audit_scale.py``,
-2 cores, idle): about 2.5 ms per image and base set searched, plus the candidate search
-(53 s of the check's 120 s).
+2 cores, idle): about 2 ms per image and base set searched, plus the candidate search
+(62 s of the check's 119 s).
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ class AlignOptions:
             lies anywhere in the image: measured on the COVID-19 collection, the source of a
             cropped copy was a candidate for 94 % of them with central cuts alone, 100 % with
             the corners).
-        core: central share of the query used as the template (keeps a rotation's or shift's
-            filled-in border out). Without the blur, 0.7 was the best of 0.6, 0.7 and 0.8 on the
+        core: central share of the query used as the template where no crop is undone (keeps a
+            rotation's or shift's filled-in border out). Without the blur, 0.7 was the best of 0.6, 0.7 and 0.8 on the
             COVID-19 collection (recall at 1 % FPR of combined transforms 88, 99 and 93 %); with
             it and the five crop factors, 0.8 found 99 % there and 69 % of PneumoniaMNIST's
             (0.7 with the blur and four factors: 99 and 63 %), and 98 % of its shifts (94 %).
@@ -105,6 +106,13 @@ class AlignOptions:
             16 px; a crop of 92 %, 0.6 px). With it and the shares 0.92 and 0.84 (were 0.9 and
             0.8), cropped copies' sources were candidates for 98 % of them on PneumoniaMNIST
             (93 % before), combined transforms' 94 % (90 % with the rotated query views alone).
+        crop_core: share of the query used as the template where a crop is undone (a crop
+            keeps no filled border, so the whole query can be compared: more pixels, and fewer
+            offsets for the null to try). 1.0 against 0.8 (PneumoniaMNIST, aligned alone, 1 %
+            FPR): combined transforms 83 -> 94 %, crops 97 -> 98, noise 98 -> 100, shifts 96 ->
+            97 %; with pixels (min-p) combined 70 -> 90 %; 0.9: 83 %. One share for every
+            template instead, at 0.9, 0.95 and 1.0: combined 84, 91 and 94 %, but shifts 96, 93
+            and 69 % (their filled border enters the factor-1 template).
     """
 
     size: int = 32
@@ -119,6 +127,7 @@ class AlignOptions:
     core: float = 0.8
     smooth: float = 0.7
     aspect: float = 0.1
+    crop_core: float = 1.0
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 256:
@@ -129,6 +138,8 @@ class AlignOptions:
             raise ValueError(f"candidates must be at least 1; got {self.candidates}")
         if not 0.2 <= self.core <= 1.0:
             raise ValueError(f"core must lie in [0.2, 1]; got {self.core}")
+        if not 0.2 <= self.crop_core <= 1.0:
+            raise ValueError(f"crop_core must lie in [0.2, 1]; got {self.crop_core}")
         if not self.angles or not self.crops or not self.retrieval_crops or not self.retrieval_angles:
             raise ValueError("angles, crops, retrieval_crops and retrieval_angles must not be empty")
         if any(not -45.0 <= a <= 45.0 for a in self.angles + self.retrieval_angles):
@@ -323,21 +334,26 @@ def _templates(small: np.ndarray, options: AlignOptions) -> list[tuple[tuple[int
     n = both.shape[0]
     # Rotate back by each angle about the centre.
     rotated = _rotated(both.reshape(n * 2, 1, s, s), options.angles)  # (n*2*A, 1, s, s)
-    h = max(4, int(round(s * options.core)))
-    lo = (s - h) // 2
-    core = rotated[:, :, lo : lo + h, lo : lo + h]
-    out = []
     n_angles = len(options.angles)
+
+    def central(images: "torch.Tensor", share: float) -> tuple[int, "torch.Tensor"]:
+        h = max(4, int(round(s * share)))
+        lo = (s - h) // 2
+        return h, images[:, :, lo : lo + h, lo : lo + h]
+
+    h, core = central(rotated, options.core)  # factor 1: the central share (a shift's or rotation's filled border left out)
+    h_crop, whole = central(rotated, options.crop_core)  # factors below 1: a crop keeps no filled border
     # The unrotated templates, for the rectangular pairs: angle 0 if it is among the angles,
     # else the query as it is.
     if 0.0 in options.angles:
-        upright = core.reshape(n, 2, n_angles, h, h)[:, :, list(options.angles).index(0.0)].reshape(n * 2, 1, h, h)
+        upright = whole.reshape(n, 2, n_angles, h_crop, h_crop)[:, :, list(options.angles).index(0.0)].reshape(n * 2, 1, h_crop, h_crop)
     else:
-        upright = both.reshape(n * 2, 1, s, s)[:, :, lo : lo + h, lo : lo + h]
+        _, upright = central(both.reshape(n * 2, 1, s, s), options.crop_core)
+    out = []
     for cy, cx in options.crop_pairs:
-        shape = (max(4, int(round(h * cy))), max(4, int(round(h * cx))))
-        source, per_query = (core, 2 * n_angles) if cy == cx else (upright, 2)
-        t = source if shape == (h, h) else F.interpolate(source, size=shape, mode="bilinear", antialias=True, align_corners=False)
+        side, source, per_query = (h, core, 2 * n_angles) if cy == cx == 1.0 else (h_crop, whole, 2 * n_angles) if cy == cx else (h_crop, upright, 2)
+        shape = (max(4, int(round(side * cy))), max(4, int(round(side * cx))))
+        t = source if shape == (side, side) else F.interpolate(source, size=shape, mode="bilinear", antialias=True, align_corners=False)
         t = t.reshape(n, per_query, *shape)
         t = t - t.mean(dim=(2, 3), keepdim=True)
         t = t / t.flatten(2).norm(dim=2).clamp_min(1e-12)[:, :, None, None]

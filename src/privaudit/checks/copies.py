@@ -142,7 +142,7 @@ class CopiesOptions:
         align_max: the largest set (training, synthetic or null) the aligned component runs
             on; above it the component is left out, with a warning (its cost grows with the
             synthetic and null images, each aligned with 10 candidates in two base sets:
-            measured 120 s for the copies check of a 10,000 x 10,000 x 2,000 study on 2 cores,
+            measured 119 s for the copies check of a 10,000 x 10,000 x 2,000 study on 2 cores,
             against 6-8 s without it).
     """
 
@@ -350,6 +350,8 @@ class AlignedRecord:
         smooth: the Gaussian blur (standard deviation in px at ``size``) applied before matching.
         aspect: the largest difference between a template's vertical and horizontal crop
             factors (0: square templates only).
+        core: the central share of the query compared where no crop is undone.
+        crop_core: the share of the query compared where a crop is undone.
     """
 
     used: bool
@@ -360,6 +362,8 @@ class AlignedRecord:
     crops: tuple[float, ...]
     smooth: float = 0.0
     aspect: float = 0.0
+    core: float | None = None
+    crop_core: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -787,7 +791,7 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
     align = AlignOptions()
 
     def record(reason: str | None) -> AlignedRecord:
-        return AlignedRecord(reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth, align.aspect)
+        return AlignedRecord(reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth, align.aspect, align.core, align.crop_core)
 
     if not options.align:
         return None, record("turned off (copies.align = false)")
