@@ -285,8 +285,8 @@ def match(query: AlignedImages, base: AlignedImages, options: AlignOptions = Ali
 
 
 def candidates(query: AlignedImages, base: AlignedImages, k: int, *, groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """``(n_query, k)`` base indices: the base images whose best view is most similar to the
-    query or its mirror, most similar first (``-1`` where fewer than ``k`` are admissible).
+    """``(n_query, k)`` base indices: the base images whose best view is most similar to any
+    of the query's views (as it is and mirrored, at each retrieval angle), most similar first (``-1`` where fewer than ``k`` are admissible).
 
     ``groups``: optional ``(query_groups, base_groups)`` labels (patient ids); base images of
     the query's own group are not candidates (a non-member's other scans are not its
@@ -343,12 +343,8 @@ def _templates(small: np.ndarray, options: AlignOptions) -> list[tuple[tuple[int
 
     h, core = central(rotated, options.core)  # factor 1: the central share (a shift's or rotation's filled border left out)
     h_crop, whole = central(rotated, options.crop_core)  # factors below 1: a crop keeps no filled border
-    # The unrotated templates, for the rectangular pairs: angle 0 if it is among the angles,
-    # else the query as it is.
-    if 0.0 in options.angles:
-        upright = whole.reshape(n, 2, n_angles, h_crop, h_crop)[:, :, list(options.angles).index(0.0)].reshape(n * 2, 1, h_crop, h_crop)
-    else:
-        _, upright = central(both.reshape(n * 2, 1, s, s), options.crop_core)
+    # The rectangular pairs are matched unrotated: the query (and its mirror) as it is.
+    _, upright = central(both.reshape(n * 2, 1, s, s), options.crop_core)
     out = []
     for cy, cx in options.crop_pairs:
         side, source, per_query = (h, core, 2 * n_angles) if cy == cx == 1.0 else (h_crop, whole, 2 * n_angles) if cy == cx else (h_crop, upright, 2)
@@ -361,11 +357,10 @@ def _templates(small: np.ndarray, options: AlignOptions) -> list[tuple[tuple[int
     return out
 
 
-def box(integral: "torch.Tensor", rows: int, columns: int | None = None) -> "torch.Tensor":
-    """Sums of every ``rows x columns`` window (square when ``columns`` is None), from an
-    integral image padded with a zero row and column in front
-    (``(..., s + 1, s + 1)`` -> ``(..., s - rows + 1, s - columns + 1)``)."""
-    r, c = rows, rows if columns is None else columns
+def box(integral: "torch.Tensor", rows: int, columns: int) -> "torch.Tensor":
+    """Sums of every ``rows x columns`` window, from an integral image padded with a zero row
+    and column in front (``(..., s + 1, s + 1)`` -> ``(..., s - rows + 1, s - columns + 1)``)."""
+    r, c = rows, columns
     return integral[..., r:, c:] - integral[..., :-r, c:] - integral[..., r:, :-c] + integral[..., :-r, :-c]
 
 
