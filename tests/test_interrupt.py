@@ -15,8 +15,9 @@ Three stages:
 
 To stop the process at the last two stages deterministically, a ``sitecustomize`` module on
 ``PYTHONPATH`` wraps ``os.fsync`` or ``os.replace`` in the child: after the real call it prints
-PAUSED and sleeps. The signal then arrives at a known moment; everything else, including the
-signal handling in ``privaudit.cli.console_main``, is the real code path.
+PAUSED and waits until the test has signalled it. The signal then arrives at a known moment;
+everything else, including the signal handling in ``privaudit.cli.console_main``, is the real
+code path.
 """
 
 from __future__ import annotations
@@ -43,20 +44,26 @@ import os, sys, time
 _stage = os.environ.get("PRIVAUDIT_TEST_PAUSE_AT")
 
 
-def _pause(seconds):
+def _pause(out_dir):
     sys.stderr.write("PAUSED\n")
     sys.stderr.flush()
-    time.sleep(seconds)
+    go = os.path.join(os.path.dirname(out_dir), "go")
+    for _ in range(2400):  # until the test has sent its signal (at most 2 minutes)
+        if os.path.exists(go):
+            break
+        time.sleep(0.05)
 
 
 if _stage == "staging":
-    _real_fsync, _done = os.fsync, []
+    _real_fsync = os.fsync
 
     def fsync(fd):
         _real_fsync(fd)
-        if not _done:  # the first staged file (results.json) is complete on disk
-            _done.append(1)
-            _pause(120)
+        # Embedding-cache writes are fsynced too: pause only once the staged results.json is
+        # complete on disk (the name of an open descriptor, from /proc: the tests run on Linux).
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.basename(path).startswith(".results.json."):
+            _pause(os.path.dirname(path))
 
     os.fsync = fsync
 elif _stage == "committing":
@@ -65,20 +72,14 @@ elif _stage == "committing":
     def replace(src, dst, **kwargs):
         _real_replace(src, dst, **kwargs)
         if str(dst).endswith("results.json"):  # one of the two renames done
-            sys.stderr.write("PAUSED\n")
-            sys.stderr.flush()
-            go = os.path.join(os.path.dirname(os.path.dirname(str(dst))), "go")
-            for _ in range(2400):  # until the test has sent its signal (at most 2 minutes)
-                if os.path.exists(go):
-                    break
-                time.sleep(0.05)
+            _pause(os.path.dirname(str(dst)))
 
     os.replace = replace
 '''
 
 
-def _start(argv: list[str], tmp: Path, *, pause_at: str | None = None) -> subprocess.Popen[str]:
-    env = dict(os.environ)
+def _start(argv: list[str], tmp: Path, cache: Path, *, pause_at: str | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "PRIVAUDIT_CACHE_DIR": str(cache)}
     if pause_at is not None:
         hook_dir = tmp / "hook"
         hook_dir.mkdir(exist_ok=True)
@@ -103,7 +104,7 @@ class _Lines:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
-    def wait_for(self, text: str, timeout: float = 120.0) -> None:
+    def wait_for(self, text: str, timeout: float = 300.0) -> None:
         if any(text in line for line in self.lines):
             return
         deadline = time.monotonic() + timeout
@@ -154,22 +155,23 @@ class Run:
     lines: _Lines
     out: Path
     folder: Path
+    cache: Path
     previous: dict[str, str] | None
 
 
-def _launch(name: str, files: dict[str, Path], folder: Path) -> Run:
+def _launch(name: str, files: dict[str, Path], folder: Path, cache: Path) -> Run:
     folder.mkdir()
     out = folder / "out"
     stage = name.split("-")[0]
     previous = None
     if stage == "loading":
         os.mkfifo(folder / "train.csv")  # nobody writes it: the audit blocks reading its input
-        proc = _start(_argv({**files, "train": folder / "train.csv"}, out, "-v"), folder)
+        proc = _start(_argv({**files, "train": folder / "train.csv"}, out, "-v"), folder, cache)
     else:
         previous = _previous(out) if name != "staging-rerun" else None
         force = ("--force",) if previous is not None else ()
-        proc = _start(_argv(files, out, *force), folder, pause_at=stage)
-    return Run(proc, _Lines(proc), out, folder, previous)
+        proc = _start(_argv(files, out, *force), folder, cache, pause_at=stage)
+    return Run(proc, _Lines(proc), out, folder, cache, previous)
 
 
 SCENARIOS = ("loading-SIGINT", "loading-SIGTERM", "staging-SIGINT", "staging-SIGTERM", "committing-SIGTERM", "staging-rerun")
@@ -178,9 +180,17 @@ SCENARIOS = ("loading-SIGINT", "loading-SIGTERM", "staging-SIGINT", "staging-SIG
 @pytest.fixture(scope="module")
 def runs(study_files, tmp_path_factory):
     """Every scenario's process, started at once: each waits at its stage for its signal, so
-    they can start together and spend their start-up time (importing torch) side by side."""
+    they can start together and spend their start-up time (importing torch) side by side.
+
+    One uninterrupted audit first fills an embedding cache that the scenarios share, so that
+    they do not all fit copydetect at once on two cores. The rerun scenario, whose test is that
+    an interrupted run leaves its work in the cache, starts from an empty cache of its own.
+    """
     root = tmp_path_factory.mktemp("interrupt")
-    started = {name: _launch(name, study_files, root / name) for name in SCENARIOS}
+    shared = root / "cache"
+    warm = subprocess.run([str(SCRIPT), *_argv(study_files, root / "warm")], capture_output=True, text=True, timeout=600, env={**os.environ, "PRIVAUDIT_CACHE_DIR": str(shared)})
+    assert warm.returncode == 1, warm.stderr  # the leaky study fails the default policy
+    started = {name: _launch(name, study_files, root / name, root / "rerun-cache" if name == "staging-rerun" else shared) for name in SCENARIOS}
     yield started
     for run in started.values():
         if run.proc.poll() is None:
@@ -241,7 +251,8 @@ def test_a_rerun_after_an_interruption_completes(runs, study_files):
     code, _ = _stop(run, signal.SIGINT)
     assert code == 130 and not run.out.exists()
     # The same command again, uninterrupted: nothing was left behind, so no --force is needed.
-    done = subprocess.run([str(SCRIPT), *_argv(study_files, run.out)], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PRIVAUDIT_CACHE_DIR": str(run.cache)}
+    done = subprocess.run([str(SCRIPT), *_argv(study_files, run.out)], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 1, done.stderr
     results = json.loads((run.out / "results.json").read_text())
     assert results["verdict"]["status"] == "fail"
