@@ -18,7 +18,8 @@ families it was trained for is optimistic.
 (privaudit.align), scored the same way; ``--combined a,b,c`` adds a row for the combination the
 copies check makes of those spaces: the smallest per-space conformal p-value against the null,
 its threshold set at the same FPR on the null images' own statistic (each left out of its null).
-The check's default is ``--combined pixels,copydetect,aligned``.
+The check's default is ``--combined pixels,aligned`` (``pixels,copydetect`` above
+``copies.align_max``, where the aligned comparison does not run).
 
 MedMNIST splits are image-level (no patient ids): its non-copies are other images, which may
 include other scans of the same patients. The last line is a JSON object of the figures.

@@ -14,7 +14,7 @@ def test_defaults_and_round_trip(tmp_path):
     cfg = AuditConfig()
     assert cfg.to_dict() == {
         "seed": 0,
-        "embedders": ["pixels", "copydetect"],
+        "embedders": ["pixels"],
         "checks": ["copies", "metadata", "quality"],
         "max_skipped": 0.05,
         "batch_size": 256,
@@ -22,7 +22,7 @@ def test_defaults_and_round_trip(tmp_path):
         "check_options": {
             "copies": {
                 "fdr": 0.05, "method": "fdr", "alpha": 0.01, "score": "ratio", "near_duplicate_similarity": None,
-                "embedders": None, "positive_control": 48, "control_prevalence": 0.05, "bootstrap": 200, "explain": 200,
+                "embedders": None, "unaligned_embedders": ["copydetect"], "positive_control": 48, "control_prevalence": 0.05, "bootstrap": 200, "explain": 200,
                 "index": "auto", "approximate_from": 50_000, "agreement_sample": 2000, "align": True, "align_max": 20_000,
             },
             "metadata": {"placeholders": list(DEFAULT_PLACEHOLDERS)},
@@ -31,13 +31,21 @@ def test_defaults_and_round_trip(tmp_path):
                 "fid_groups": 20, "max_compared": 20000, "cas_classifier": "linear", "cas_bootstrap": 1000,
             },
         },
-        "embedder_options": {
+        "embedder_options": {  # without the inputs' sizes: every embedder the checks may use
             "copydetect": {
                 "max_images": 5000, "epochs": 40.0, "min_steps": 200, "max_steps": 800, "batch_size": 128,
                 "temperature": 0.1, "learning_rate": 0.003, "width": 16, "size": 32, "crop_min": 0.7,
             }
         },
     }
+    # The copies check adds copydetect only where its aligned comparison does not run.
+    small, large = {"train": 100, "synthetic": 100, "holdout": 100}, {"train": 100, "synthetic": 20_001, "holdout": 100}
+    assert cfg.spaces_needed(small) == ("pixels",) and cfg.to_dict(small)["embedder_options"] == {}
+    assert cfg.spaces_needed(large) == ("pixels", "copydetect") and list(cfg.to_dict(large)["embedder_options"]) == ["copydetect"]
+    assert cfg.spaces_needed({"train": 20_001, "synthetic": 100}) == ("pixels", "copydetect")  # the null: training, without a holdout
+    assert AuditConfig.from_dict({"copies": {"align": False}}).spaces_needed(large) == ("pixels",)  # the user's choice
+    assert AuditConfig.from_dict({"copies": {"unaligned_embedders": []}}).spaces_needed(large) == ("pixels",)
+    assert AuditConfig.from_dict({"copies": {"embedders": ["pixels"]}}).spaces_needed(large) == ("pixels",)
     path = tmp_path / "c.toml"
     path.write_text(
         'seed = 4\nchecks = ["copies"]\nembedders = ["pixels"]\n[copies]\nalpha = 0.05\nnear_duplicate_similarity = 1\n'

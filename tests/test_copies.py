@@ -49,7 +49,7 @@ def test_leaky_set_copies_are_flagged_linked_and_explained(study, leaky_result):
     false = [s for s in flagged if s not in {p.synthetic_id for p in study.copies}]
     assert len(false) <= 2
     assert leaky_result.verdict.status.value == "fail"
-    assert copies.embedders == ("pixels", "copydetect")
+    assert copies.embedders == ("pixels",) and copies.aligned.used  # copydetect only where aligned does not run
     rate = copies.metrics["copy_rate"]
     # 20 % of the set are planted copies; Storey's estimate sees those its spaces can see.
     assert rate.ci_low <= len(study.copies) / len(study.leaky) <= rate.ci_high + 0.02
@@ -246,16 +246,22 @@ def test_duplicates_inside_the_inputs_are_reported_apart_from_copies(study):
     assert c.n_flagged == 0  # duplicates within the synthetic set are not copies of training
 
 
-def test_several_spaces_report_evidence_from_each(study):
+def _mirrored(study) -> ImageSet:
+    """Ten mirrored training images (m0 to m9) among 90 clean synthetic ones."""
     rng = np.random.default_rng(5)
     picks = rng.choice(len(study.train), 10, replace=False)
-    mirrored = ImageSet(
+    return ImageSet(
         images=tuple(transforms.flip(study.train.images[i], rng) for i in picks) + study.clean.images[:90],
         ids=tuple(f"m{i}" for i in range(10)) + study.clean.ids[:90],
         source="mirrored",
     )
-    # The default spaces; the descriptor's fit is shared with the session's other audits.
-    c = audit(study.train, mirrored, study.holdout).checks["copies"]
+
+
+def test_several_spaces_report_evidence_from_each(study):
+    mirrored = _mirrored(study)
+    # The descriptor named beside pixels; its fit is shared with the session's other audits.
+    config = AuditConfig(embedders=("pixels", "copydetect"))
+    c = audit(study.train, mirrored, study.holdout, config=config).checks["copies"]
     assert c.embedders == ("pixels", "copydetect") and c.aligned.used and c.aligned.reason is None
     flagged = {f.synthetic_id: f for f in c.flagged}
     found = {f"m{i}" for i in range(10)} & set(flagged)
@@ -266,6 +272,25 @@ def test_several_spaces_report_evidence_from_each(study):
     by = {e.embedder: e for e in hit.evidence}
     assert by["copydetect"].p_value < by["pixels"].p_value  # the mirror is seen in the learned space
     assert "flip" in (hit.likely_transform or "")
+
+
+def test_copydetect_joins_where_the_aligned_comparison_does_not_run(study):
+    """By default the copies check runs in pixels with the aligned comparison; where that is
+    left out (a set above copies.align_max), it adds the copy-detection descriptor, the space
+    that then sees past a mirror."""
+    mirrored = _mirrored(study)
+    config = AuditConfig.from_dict({"copies": {"align_max": 100}})  # 120 training images, 1,000 holdout
+    result = audit(study.train, mirrored, study.holdout, config=config)
+    c = result.checks["copies"]
+    assert c.embedders == ("pixels", "copydetect") and [e.name for e in result.embedders] == ["pixels", "copydetect"]
+    assert not c.aligned.used and c.aligned.reason == "training 120, null 1,000 image(s), above copies.align_max = 100"
+    assert any(w.startswith("The aligned comparison (copies mirrored, rotated, cropped or shifted) was not run") for w in c.warnings)
+    found = {f"m{i}" for i in range(10)} & {f.synthetic_id for f in c.flagged}
+    assert len(found) >= 7, sorted(found)
+    # The same set with the aligned comparison, in pixels alone (the default where it runs).
+    default = audit(study.train, mirrored, study.holdout).checks["copies"]
+    assert default.embedders == ("pixels",) and default.aligned.used
+    assert len({f"m{i}" for i in range(10)} & {f.synthetic_id for f in default.flagged}) >= 7
 
 
 def test_min_p_combination_is_calibrated_and_sharper_than_bonferroni():
@@ -500,7 +525,9 @@ def test_aligned_comparison_finds_the_geometric_copies_pixels_miss(study):
 
 
 def test_aligned_comparison_is_left_out_above_its_size_limit_with_a_warning(study):
-    c = audit(study.train, study.leaky, study.holdout, config=cfg(align=True, align_max=50)).checks["copies"]
+    # Without the descriptor that is added in its place by default
+    # (test_copydetect_joins_where_the_aligned_comparison_does_not_run).
+    c = audit(study.train, study.leaky, study.holdout, config=cfg(align=True, align_max=50, unaligned_embedders=[])).checks["copies"]
     assert c.aligned.used is False and "above copies.align_max = 50" in c.aligned.reason
     assert any("aligned comparison" in w and "was not run" in w for w in c.warnings)
     assert all([e.embedder for e in f.evidence] == ["pixels"] for f in c.flagged)

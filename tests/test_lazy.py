@@ -333,9 +333,9 @@ def test_the_audit_result_is_the_same_eager_and_lazy(study_files, tmp_path, monk
 
 @pytest.mark.slow
 def test_the_default_audit_with_fitted_spaces_is_the_same_eager_and_lazy(study_files, tmp_path, monkeypatch):
-    """The default checks and spaces (copydetect fits on a subsample of the training images),
-    and the quality check's CNN classifier, which reads pixels through the sequence."""
-    config = AuditConfig.from_dict({"quality": {"cas_classifier": "cnn"}})
+    """The default checks, a fitted space (copydetect fits on a subsample of the training
+    images), and the quality check's CNN classifier, which reads pixels through the sequence."""
+    config = AuditConfig.from_dict({"embedders": ["pixels", "copydetect"], "quality": {"cas_classifier": "cnn"}})
     args = (study_files["train"], study_files["leaky"], study_files["holdout"])
     monkeypatch.setenv(ENV_PIXEL_BUDGET, "inf")
     audit(*args, config=config, out=tmp_path / "eager", cache=False)

@@ -292,7 +292,8 @@ def coarse_embedder():
 
 def test_quality_runs_in_the_space_its_option_names(study, coarse_embedder):
     cfg = AuditConfig.from_dict({"embedders": ["pixels"], "quality": {"embedder": coarse_embedder}})
-    assert cfg.spaces_needed() == ("pixels", "coarse")
+    sizes = {"train": len(study.train), "synthetic": len(study.clean), "holdout": len(study.holdout)}
+    assert cfg.spaces_needed(sizes) == ("pixels", "coarse")
     result = audit(study.train, study.clean, study.holdout, config=cfg)
     assert [e.name for e in result.embedders] == ["pixels", "coarse"]
     assert result.checks["copies"].embedders == ("pixels",)

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--embedder",
         metavar="NAME[,NAME]",
-        help="embedding space(s) of the checks, the first the primary one (default: pixels,copydetect)",
+        help="embedding space(s) of the checks, the first the primary one (default: pixels; the copies check adds copydetect where a set is too large for its aligned comparison)",
     )
     a.add_argument("--seed", type=_nonneg_int, metavar="N", help="random seed (default: 0)")
     a.add_argument(
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--one-scan-per-patient", action="store_true", help="train on one scan per patient, so that ε holds per patient (needs patient ids)")
     dp.add_argument("--config", metavar="FILE", help="audit configuration TOML for every point's audit; options below override it")
     dp.add_argument("--checks", metavar="LIST", help="checks of every point's audit (default: the audit's defaults without metadata)")
-    dp.add_argument("--embedder", metavar="NAME[,NAME]", help="embedding space(s) of the audits (default: pixels,copydetect)")
+    dp.add_argument("--embedder", metavar="NAME[,NAME]", help="embedding space(s) of the audits (default: pixels, as for audit)")
     dp.add_argument("--seed", type=_nonneg_int, default=0, metavar="N", help="random seed (default: 0)")
     dp.add_argument("--out", default="dp-sweep-out", metavar="DIR", help="output folder (default: dp-sweep-out); a folder holding the same sweep is resumed")
     dp.add_argument("--force", action="store_true", help="write into a non-empty folder that holds no sweep (nothing in it is removed)")

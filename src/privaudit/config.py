@@ -3,7 +3,7 @@
 A configuration file (``--config``) looks like this; every key is optional::
 
     seed = 0
-    embedders = ["pixels", "copydetect"]   # the first is the primary space of the checks
+    embedders = ["pixels"]   # the first is the primary space of the checks
     checks = ["copies", "metadata", "quality"]
     max_skipped = 0.05
 
@@ -146,9 +146,11 @@ class AuditConfig:
     """
 
     seed: int = 0
-    # pixels sees exact and photometric copies; the copy-detection descriptor, fitted on the
-    # training images, adds flips, rotations and shifts (README: "Choosing the embedders").
-    embedders: tuple[str, ...] = ("pixels", "copydetect")
+    # pixels sees exact and photometric copies, and the copies check's aligned comparison undoes
+    # mirrors, rotations, crops and shifts; where a set is too large for that comparison
+    # (above copies.align_max), the check adds the copy-detection descriptor fitted on the training
+    # images (copies.unaligned_embedders; README: "Embedders").
+    embedders: tuple[str, ...] = ("pixels",)
     # metadata runs by default: reading headers costs little, and a header copied from a training
     # file leaks whatever the pixels are. On array inputs it is "not assessed" (no files), which
     # the default policy counts as a warning, not a failure.
@@ -253,8 +255,10 @@ class AuditConfig:
         """Load a configuration file (see the module docstring)."""
         return cls.from_dict(read_toml(path, what="config file"), where=f"config file {path}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values for ``results.json``, with the options of every selected check filled in."""
+    def to_dict(self, sizes: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """Plain values for ``results.json``, with the options of every selected check filled in,
+        and those of every embedder the checks need for inputs of these ``sizes`` (without
+        them, of every embedder they may need)."""
         from privaudit._util import to_jsonable
 
         from privaudit.embed import EMBEDDERS, parse_spec
@@ -263,7 +267,7 @@ class AuditConfig:
         out: dict[str, Any] = {f.name: to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
         out["check_options"] = {name: to_jsonable(self.options_for(name)) for name in self.checks}
         out["embedder_options"] = {}
-        for spec in self.spaces_needed():
+        for spec in self.spaces_needed(sizes):
             name = parse_spec(spec)[0]
             if EMBEDDERS.get(name).Options is not None:
                 out["embedder_options"][name] = to_jsonable(self.embedder_options_for(name))
@@ -280,13 +284,17 @@ class AuditConfig:
         cls = EMBEDDERS.get(name).Options
         return None if cls is None else cls()
 
-    def spaces_needed(self) -> tuple[str, ...]:
-        """Every embedding space the selected checks need, the primary one first."""
+    def spaces_needed(self, sizes: Mapping[str, int] | None = None) -> tuple[str, ...]:
+        """Every embedding space the selected checks need, the primary one first: for inputs
+        of these ``sizes`` (images per role, see :meth:`Check.spaces_for`), or without them
+        every space they may need."""
         from privaudit.checks import CHECKS
 
         needed = list(self.embedders[:1])
         for name in self.checks:
-            for space in CHECKS.get(name)().spaces(self.options_for(name), self.embedders):
+            check, options = CHECKS.get(name)(), self.options_for(name)
+            wanted = check.spaces(options, self.embedders) if sizes is None else check.spaces_for(options, self.embedders, sizes)
+            for space in wanted:
                 if space not in needed:
                     needed.append(space)
         return tuple(needed)

@@ -106,8 +106,9 @@ def audit(
         warnings = _validate_roles(sets["train"], sets["holdout"])
 
     store = _as_cache(cache)
+    sizes = {role: len(s) for role, s in sets.items() if s is not None}
     spaces = {}
-    for name in config.spaces_needed():
+    for name in config.spaces_needed(sizes):
         with clock.stage(f"embed {name}"):
             spaces[name] = _embed(name, sets, config, store)
     ctx = AuditContext(
@@ -147,7 +148,7 @@ def audit(
         privaudit_version=__version__,
         created_at=utc_now(),
         seed=config.seed,
-        config=config.to_dict(),
+        config=config.to_dict(sizes),
         environment=environment(),
         inputs=inputs,
         embedders=tuple(space.info for space in ctx.spaces.values()),

@@ -257,6 +257,15 @@ class Check(ABC):
         """
         return configured[:1]
 
+    def spaces_for(self, options: Any, configured: tuple[str, ...], sizes: Mapping[str, int]) -> tuple[str, ...]:
+        """The spaces the check needs for inputs of these ``sizes`` (images per role:
+        ``train``, ``synthetic`` and, when given, ``holdout``), once they are loaded.
+
+        By default :meth:`spaces`; a check whose choice depends on the size of its inputs
+        overrides this, and :meth:`spaces` then returns every space it may need.
+        """
+        return self.spaces(options, configured)
+
     @abstractmethod
     def run(self, ctx: AuditContext, options: Any) -> CheckResult:
         """Measure, and return a result; never print, render or decide pass/fail."""

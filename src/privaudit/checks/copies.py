@@ -118,7 +118,14 @@ class CopiesOptions:
         near_duplicate_similarity: similarity at or above which two images count as
             near-duplicates (null clean-up, duplicates inside the inputs); ``None`` uses each
             embedder's own level.
-        embedders: the spaces to run in; ``None`` uses every embedder of the audit.
+        embedders: the spaces to run in; ``None`` uses every embedder of the audit, plus
+            ``unaligned_embedders`` where a set is too large for the aligned comparison.
+        unaligned_embedders: spaces added (when ``embedders`` is ``None``) where the aligned
+            comparison is left out because a set is above ``align_max``: without it, the
+            copy-detection descriptor is what sees past a mirror, a crop or a rotation. Where
+            the aligned comparison runs it finds every family the descriptor finds, and more
+            (README, "Embedders"), so the descriptor is not fitted then. With ``align = false``
+            nothing is added: the spaces are the ones the audit names.
         positive_control: copies planted for the sensitivity control (0 turns it off).
         control_prevalence: the share of the set the control imagines copies of each kind to
             make up (or the detection floor, if larger): each planted copy is judged as one of
@@ -152,6 +159,7 @@ class CopiesOptions:
     score: Literal["ratio", "relative", "raw"] = "ratio"
     near_duplicate_similarity: float | None = None
     embedders: tuple[str, ...] | None = None
+    unaligned_embedders: tuple[str, ...] = ("copydetect",)
     positive_control: int = 48
     control_prevalence: float = 0.05
     bootstrap: int = 200
@@ -474,7 +482,21 @@ class CopiesCheck(Check):
     )
 
     def spaces(self, options: CopiesOptions, configured: tuple[str, ...]) -> tuple[str, ...]:
-        return options.embedders or configured
+        """Every space the check may use: ``copies.embedders``, or the audit's spaces and the
+        ``unaligned_embedders`` (:meth:`spaces_for` says which it uses for given inputs)."""
+        if options.embedders:
+            return options.embedders
+        return configured + tuple(s for s in options.unaligned_embedders if s not in configured)
+
+    def spaces_for(self, options: CopiesOptions, configured: tuple[str, ...], sizes: Mapping[str, int]) -> tuple[str, ...]:
+        """The spaces for inputs of these ``sizes``: ``copies.embedders``, or the audit's
+        spaces, with the ``unaligned_embedders`` where a set is too large for the aligned
+        comparison. The null's size is taken as the holdout's (the training set's without one):
+        an upper bound, as duplicates of training images leave the null."""
+        if options.embedders:
+            return options.embedders
+        too_large = options.align and _align_skipped(options, sizes["train"], sizes["synthetic"], sizes.get("holdout", sizes["train"])) is not None
+        return self.spaces(options, configured) if too_large else configured
 
     @classmethod
     def metrics_after_review(cls, result: Mapping[str, Any], decisions: list[tuple[str, Mapping[str, Any]]]) -> dict[str, Metric]:
@@ -526,7 +548,10 @@ class CopiesCheck(Check):
 
     def run(self, ctx: AuditContext, options: CopiesOptions) -> CopiesResult:
         """Score in every space, combine, flag, estimate, control, explain."""
-        specs = self.spaces(options, ctx.configured)
+        sizes = {"train": len(ctx.train), "synthetic": len(ctx.synthetic)}
+        if ctx.holdout is not None:
+            sizes["holdout"] = len(ctx.holdout)
+        specs = self.spaces_for(options, ctx.configured, sizes)
         warnings: list[str] = []
         spaces = _score_spaces(ctx, specs, options, warnings)
         aligned_space, aligned = _aligned_space(ctx, spaces[0], options, warnings)
@@ -793,20 +818,18 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
     def record(reason: str | None) -> AlignedRecord:
         return AlignedRecord(reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth, align.aspect, align.core, align.crop_core)
 
-    if not options.align:
-        return None, record("turned off (copies.align = false)")
     rows = primary.null_rows
-    if rows is None or len(rows) == 0:
+    n_null = 0 if rows is None else len(rows)
+    if options.align and n_null == 0:
         return None, record("the null holds no image")
-    sizes = {"training": len(ctx.train), "synthetic": len(ctx.synthetic), "null": len(rows)}
-    above = [f"{name} {n:,}" for name, n in sizes.items() if n > options.align_max]
-    if above:
-        reason = f"{', '.join(above)} image(s), above copies.align_max = {options.align_max:,}"
-        warnings.append(
-            f"The aligned comparison (copies mirrored, rotated, cropped or shifted) was not run: {reason}. "
-            "Such copies are found only as well as the embedding spaces find them; raise copies.align_max to run it "
-            "(measured: 76 s for a 10,000 x 10,000 x 2,000 copies check on 2 cores, against 6-8 s without it)."
-        )
+    reason = _align_skipped(options, len(ctx.train), len(ctx.synthetic), n_null)
+    if reason is not None:
+        if options.align:  # a set above align_max
+            warnings.append(
+                f"The aligned comparison (copies mirrored, rotated, cropped or shifted) was not run: {reason}. "
+                "Such copies are found only as well as the embedding spaces find them; raise copies.align_max to run it "
+                "(measured: 119 s for a 10,000 x 10,000 x 2,000 copies check on 2 cores, against 6-8 s without it)."
+            )
         return None, record(reason)
     source = ctx.holdout if primary.source == "holdout" else ctx.train
     assert source is not None
@@ -832,6 +855,17 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
         np.empty((0, 0), dtype=np.float32), None, primary.kind, None, syn_ref, rows, align=align, base=base, ref_base=ref_base,
     )
     return space, record(None)
+
+
+def _align_skipped(options: CopiesOptions, n_train: int, n_synthetic: int, n_null: int) -> str | None:
+    """Why the aligned comparison does not run on sets of these sizes (``None``: it runs)."""
+    if not options.align:
+        return "turned off (copies.align = false)"
+    sizes = {"training": n_train, "synthetic": n_synthetic, "null": n_null}
+    above = [f"{name} {n:,}" for name, n in sizes.items() if n > options.align_max]
+    if above:
+        return f"{', '.join(above)} image(s), above copies.align_max = {options.align_max:,}"
+    return None
 
 
 def _index_seed(ctx: AuditContext) -> int:
