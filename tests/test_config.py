@@ -38,7 +38,7 @@ def test_defaults_and_round_trip(tmp_path):
             }
         },
     }
-    # The copies check adds copydetect only where its aligned comparison does not run.
+    # The copies check adds copydetect only where a set is too large for its aligned comparison.
     small, large = {"train": 100, "synthetic": 100, "holdout": 100}, {"train": 100, "synthetic": 20_001, "holdout": 100}
     assert cfg.spaces_needed(small) == ("pixels",) and cfg.to_dict(small)["embedder_options"] == {}
     assert cfg.spaces_needed(large) == ("pixels", "copydetect") and list(cfg.to_dict(large)["embedder_options"]) == ["copydetect"]
