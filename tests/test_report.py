@@ -27,6 +27,11 @@ def test_report_has_verdict_banner_and_thumbnails(leaky_html, leaky_result):
         assert reason.message in leaky_html
 
 
+def test_the_copies_section_says_how_the_evidence_is_combined(leaky_html):
+    # The default: one embedding space (pixels) and the aligned comparison, combined by min-p.
+    assert "in the embedding space and in the aligned comparison, combined by the smallest p-value" in leaky_html
+
+
 def test_report_makes_no_external_requests(leaky_html):
     # Every src/href is a data: URI or an in-page anchor; no scripts, no external stylesheets.
     for attr in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', leaky_html):
