@@ -495,7 +495,7 @@ class CopiesCheck(Check):
         an upper bound, as duplicates of training images leave the null."""
         if options.embedders:
             return options.embedders
-        too_large = options.align and _align_skipped(options, sizes["train"], sizes["synthetic"], sizes.get("holdout", sizes["train"])) is not None
+        too_large = options.align and _above_align_max(options, sizes["train"], sizes["synthetic"], sizes.get("holdout", sizes["train"])) is not None
         return self.spaces(options, configured) if too_large else configured
 
     @classmethod
@@ -818,18 +818,18 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
     def record(reason: str | None) -> AlignedRecord:
         return AlignedRecord(reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth, align.aspect, align.core, align.crop_core)
 
+    if not options.align:
+        return None, record("turned off (copies.align = false)")
     rows = primary.null_rows
-    n_null = 0 if rows is None else len(rows)
-    if options.align and n_null == 0:
+    if rows is None or len(rows) == 0:
         return None, record("the null holds no image")
-    reason = _align_skipped(options, len(ctx.train), len(ctx.synthetic), n_null)
+    reason = _above_align_max(options, len(ctx.train), len(ctx.synthetic), len(rows))
     if reason is not None:
-        if options.align:  # a set above align_max
-            warnings.append(
-                f"The aligned comparison (copies mirrored, rotated, cropped or shifted) was not run: {reason}. "
-                "Such copies are found only as well as the embedding spaces find them; raise copies.align_max to run it "
-                "(measured: 119 s for a 10,000 x 10,000 x 2,000 copies check on 2 cores, against 6-8 s without it)."
-            )
+        warnings.append(
+            f"The aligned comparison (copies mirrored, rotated, cropped or shifted) was not run: {reason}. "
+            "Such copies are found only as well as the embedding spaces find them; raise copies.align_max to run it "
+            "(measured: 119 s for a 10,000 x 10,000 x 2,000 copies check on 2 cores, against 6-8 s without it)."
+        )
         return None, record(reason)
     source = ctx.holdout if primary.source == "holdout" else ctx.train
     assert source is not None
@@ -857,10 +857,8 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
     return space, record(None)
 
 
-def _align_skipped(options: CopiesOptions, n_train: int, n_synthetic: int, n_null: int) -> str | None:
-    """Why the aligned comparison does not run on sets of these sizes (``None``: it runs)."""
-    if not options.align:
-        return "turned off (copies.align = false)"
+def _above_align_max(options: CopiesOptions, n_train: int, n_synthetic: int, n_null: int) -> str | None:
+    """Which sets are too large for the aligned comparison (``None``: none is)."""
     sizes = {"training": n_train, "synthetic": n_synthetic, "null": n_null}
     above = [f"{name} {n:,}" for name, n in sizes.items() if n > options.align_max]
     if above:
