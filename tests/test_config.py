@@ -24,6 +24,7 @@ def test_defaults_and_round_trip(tmp_path):
                 "fdr": 0.05, "method": "fdr", "alpha": 0.01, "score": "ratio", "near_duplicate_similarity": None,
                 "embedders": None, "unaligned_embedders": ["copydetect"], "positive_control": 48, "control_prevalence": 0.05, "bootstrap": 200, "explain": 200,
                 "index": "auto", "approximate_from": 50_000, "agreement_sample": 2000, "align": True, "align_max": 20_000,
+                "aligned_replaces_primary": True,
             },
             "metadata": {"placeholders": list(DEFAULT_PLACEHOLDERS)},
             "quality": {

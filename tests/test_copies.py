@@ -284,6 +284,7 @@ def test_copydetect_joins_where_the_aligned_comparison_does_not_run(study):
     c = result.checks["copies"]
     assert c.embedders == ("pixels", "copydetect") and [e.name for e in result.embedders] == ["pixels", "copydetect"]
     assert not c.aligned.used and c.aligned.reason == "training 120, null 1,000 image(s), above copies.align_max = 100"
+    assert not c.aligned.replaces_primary  # nothing stands in for pixels: both spaces are combined
     assert any(w.startswith("The aligned comparison (copies mirrored, rotated, cropped or shifted) was not run") for w in c.warnings)
     found = {f"m{i}" for i in range(10)} & {f.synthetic_id for f in c.flagged}
     assert len(found) >= 7, sorted(found)
@@ -522,6 +523,30 @@ def test_aligned_comparison_finds_the_geometric_copies_pixels_miss(study):
     fallback = audit(study.train, study.leaky, config=cfg(align=True)).checks["copies"]
     assert fallback.aligned.used and fallback.null.source == "training_leave_one_patient_out"
     assert len({f.synthetic_id for f in fallback.flagged} & set(planted)) >= 0.5 * len(planted)
+
+
+def test_the_aligned_comparison_stands_in_for_the_primary_space(study, leaky_result):
+    """Where it runs, the aligned comparison's p-value is the one each image is judged by (its
+    templates include the unchanged image); pixels still gives the nearest image and its
+    evidence. With copies.aligned_replaces_primary = false the two are combined by min-p."""
+    planted = {p.synthetic_id for p in study.copies}
+    c = leaky_result.checks["copies"]
+    assert c.aligned.used and c.aligned.replaces_primary
+    for f in c.flagged:
+        by = {e.embedder: e for e in f.evidence}
+        assert set(by) == {"pixels", "aligned"}
+        assert f.p_value == pytest.approx(by["aligned"].p_value), f
+    config = AuditConfig.from_dict({"copies": {"aligned_replaces_primary": False}})
+    both = audit(study.train, study.leaky, study.holdout, config=config).checks["copies"]
+    assert both.aligned.used and not both.aligned.replaces_primary
+    # The min-p combination, calibrated on the null: never below the smaller of its parts.
+    assert all(f.p_value >= min(e.p_value for e in f.evidence) - 1e-12 for f in both.flagged)
+    assert any(f.p_value != pytest.approx(next(e.p_value for e in f.evidence if e.embedder == "aligned")) for f in both.flagged)
+    # Either way the planted copies are the ones found.
+    for result in (c, both):
+        caught = {f.synthetic_id for f in result.flagged}
+        assert len(caught & planted) >= 0.9 * len(planted), (len(caught & planted), len(planted))
+        assert len(caught - planted) <= 0.1 * len(caught)
 
 
 def test_aligned_comparison_is_left_out_above_its_size_limit_with_a_warning(study):

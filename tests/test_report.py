@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 
@@ -27,9 +28,16 @@ def test_report_has_verdict_banner_and_thumbnails(leaky_html, leaky_result):
         assert reason.message in leaky_html
 
 
-def test_the_copies_section_says_how_the_evidence_is_combined(leaky_html):
-    # The default: one embedding space (pixels) and the aligned comparison, combined by min-p.
-    assert "in the embedding space and in the aligned comparison, combined by the smallest p-value" in leaky_html
+def test_the_copies_section_says_how_the_evidence_is_combined(leaky_html, leaky_result):
+    # The default: one embedding space (pixels) and the aligned comparison, which stands in for it.
+    assert leaky_result.checks["copies"].aligned.replaces_primary
+    assert "against it in the aligned comparison (its templates include the unchanged image, so it stands in for <code>pixels</code>" in leaky_html
+    assert "combined by the smallest p-value" not in leaky_html  # one component: nothing combined
+    # With copies.aligned_replaces_primary = false, the two are combined by min-p.
+    copies = leaky_result.checks["copies"]
+    both = dataclasses.replace(copies, aligned=dataclasses.replace(copies.aligned, replaces_primary=False))
+    html = render_html(dataclasses.replace(leaky_result, checks={**leaky_result.checks, "copies": both}), images=None)
+    assert "in the embedding space and in the aligned comparison, combined by the smallest p-value" in html
 
 
 def test_report_makes_no_external_requests(leaky_html):

@@ -151,6 +151,12 @@ class CopiesOptions:
             synthetic and null images, each aligned with 10 candidates in two base sets:
             measured 119 s for the copies check of a 10,000 x 10,000 x 2,000 study on 2 cores,
             against 6-8 s without it).
+        aligned_replaces_primary: where the aligned comparison runs, combine its p-values in
+            place of the primary space's. Its templates include the identity (no mirror,
+            rotation, crop or shift), so it already makes the primary space's comparison, and a
+            further component in the min-p combination only raises the p-value a copy needs:
+            measured on PneumoniaMNIST, combined transforms 94 and 93 % alone against 90 and
+            87 % with ``pixels`` on two draws, and no family that ``pixels`` finds and it misses.
     """
 
     fdr: float = 0.05
@@ -169,6 +175,7 @@ class CopiesOptions:
     agreement_sample: int = 2000
     align: bool = True
     align_max: int = 20_000
+    aligned_replaces_primary: bool = True
 
     def __post_init__(self) -> None:
         if self.index not in INDEX_KINDS:
@@ -360,6 +367,9 @@ class AlignedRecord:
             factors (0: square templates only).
         core: the central share of the query compared where no crop is undone.
         crop_core: the share of the query compared where a crop is undone.
+        replaces_primary: True when its p-values stood in for the primary space's in the
+            combination (``copies.aligned_replaces_primary``); the primary space still gave
+            the null, the duplicates and its evidence on each flagged pair.
     """
 
     used: bool
@@ -372,6 +382,7 @@ class AlignedRecord:
     aspect: float = 0.0
     core: float | None = None
     crop_core: float | None = None
+    replaces_primary: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -557,6 +568,9 @@ class CopiesCheck(Check):
         aligned_space, aligned = _aligned_space(ctx, spaces[0], options, warnings)
         if aligned_space is not None:
             spaces.append(aligned_space)
+        # The components whose p-values are combined: every space and the aligned comparison,
+        # or, where that stands in for the primary space, all but the primary.
+        scoring = spaces[1:] if aligned.replaces_primary else spaces
         primary = spaces[0]
         if primary.source != "holdout":
             warnings.insert(0, FALLBACK_NOTE)
@@ -571,7 +585,7 @@ class CopiesCheck(Check):
         lam = attainable_level(options.alpha, n_min) if n_min else 0.0
         # An empty null (every non-member duplicates a training image) has no p-values: the check
         # is then not assessed below, with the reason.
-        pvalues = _combined(spaces) if n_min else np.ones(m)
+        pvalues = _combined(scoring) if n_min else np.ones(m)
         within_train = _internal_duplicates(ctx, "train", spaces[0].spec, options)
         within_syn = _internal_duplicates(ctx, "synthetic", spaces[0].spec, options)
         dup_rate = within_syn.n_images_involved / m if m else math.nan
@@ -650,7 +664,7 @@ class CopiesCheck(Check):
         qvalues = _bh_adjusted(pvalues)
         rng = ctx.rng("copies")
         copy_rate = storey_nonnull_share(pvalues, lam)
-        cr_lo, cr_hi = _bootstrap_storey(spaces, options.alpha, options.bootstrap, rng)
+        cr_lo, cr_hi = _bootstrap_storey(scoring, options.alpha, options.bootstrap, rng)
         flagged_idx = np.flatnonzero(is_flagged)
         flagged_idx = flagged_idx[np.lexsort((-primary.syn_similarity[flagged_idx], pvalues[flagged_idx]))]
         flagged = _flagged_pairs(ctx, spaces, flagged_idx, pvalues, qvalues, options.explain)
@@ -659,7 +673,7 @@ class CopiesCheck(Check):
         train_pids = ctx.train.patient_ids
         copied = {ctx.train.index_of(f.train_id) for f in flagged}
         n_patients = len({train_pids[i] for i in copied}) if train_pids else None
-        control = _positive_control(ctx, spaces, pvalues, options, rng) if options.positive_control else None
+        control = _positive_control(ctx, scoring, pvalues, options, rng) if options.positive_control else None
         metrics = {
             "copy_rate": Metric(copy_rate, m, cr_lo, cr_hi),
             "flagged_rate": Metric(k / m, m, fl_lo, fl_hi, floor=floor / m),
@@ -816,7 +830,10 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
     align = AlignOptions()
 
     def record(reason: str | None) -> AlignedRecord:
-        return AlignedRecord(reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth, align.aspect, align.core, align.crop_core)
+        replaces = reason is None and options.aligned_replaces_primary
+        return AlignedRecord(
+            reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth, align.aspect, align.core, align.crop_core, replaces
+        )
 
     if not options.align:
         return None, record("turned off (copies.align = false)")
