@@ -18,8 +18,10 @@ families it was trained for is optimistic.
 (privaudit.align), scored the same way; ``--combined a,b,c`` adds a row for the combination the
 copies check makes of those spaces: the smallest per-space conformal p-value against the null,
 its threshold set at the same FPR on the null images' own statistic (each left out of its null).
-The check's default is ``--combined pixels,aligned`` (``pixels,copydetect`` above
-``copies.align_max``, where the aligned comparison does not run).
+``--weights`` weighs the spaces of ``--combined`` (weighted min-p: each p-value divided by its
+weight; default: equal). The check's default is ``--combined pixels,aligned --weights 1/3,2/3``
+(``copies.aligned_weight``) and ``--combined pixels,copydetect`` above ``copies.align_max``,
+where the aligned comparison does not run.
 
 MedMNIST splits are image-level (no patient ids): its non-copies are other images, which may
 include other scans of the same patients. The last line is a JSON object of the figures.
@@ -31,6 +33,7 @@ import argparse
 import json
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="an option of the aligned comparison (privaudit.align.AlignOptions), e.g. smooth=0.7 or "
                              "crops=1,0.9,0.8 (repeatable; default: its defaults)")
     parser.add_argument("--combined", default="", help="comma-separated spaces (of --embedders) to combine by min-p, as the copies check does")
+    parser.add_argument("--weights", default="", help="comma-separated weights of the --combined spaces, e.g. 1/3,2/3 (default: equal)")
     args = parser.parse_args(argv)
     if not DATA.exists() and args.dataset != "phantoms":
         print(f"real data not found at {DATA}", file=sys.stderr)
@@ -211,10 +215,13 @@ def main(argv: list[str] | None = None) -> int:
             ge = (null[None, :] >= x[:, None]).sum(axis=1) - (1 if leave_out else 0)
             return (1 + ge) / (len(null) + (0 if leave_out else 1))
 
-        null_stat = np.min([pvalues(per_space[c][0], per_space[c][0], True) for c in combined], axis=0)
-        copy_stat = np.min([pvalues(per_space[c][1], per_space[c][0], False) for c in combined], axis=0)
-        row = {"spaces": combined}
-        print(f"\ndefault combination ({' + '.join(combined)}, min-p):")
+        weights = [float(Fraction(w)) for w in args.weights.split(",") if w] or [1.0] * len(combined)
+        if len(weights) != len(combined) or min(weights) <= 0:
+            raise SystemExit("--weights: one positive weight per --combined space")
+        null_stat = np.min([pvalues(per_space[c][0], per_space[c][0], True) / w for c, w in zip(combined, weights)], axis=0)
+        copy_stat = np.min([pvalues(per_space[c][1], per_space[c][0], False) / w for c, w in zip(combined, weights)], axis=0)
+        row = {"spaces": combined, "weights": weights}
+        print(f"\ncombination ({' + '.join(combined)}, {'weighted ' + args.weights + ' ' if args.weights else ''}min-p):")
         per_family = {}
         for fpr in fprs:
             cut = float(np.quantile(null_stat, fpr, method="lower"))

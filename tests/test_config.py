@@ -24,7 +24,7 @@ def test_defaults_and_round_trip(tmp_path):
                 "fdr": 0.05, "method": "fdr", "alpha": 0.01, "score": "ratio", "near_duplicate_similarity": None,
                 "embedders": None, "unaligned_embedders": ["copydetect"], "positive_control": 48, "control_prevalence": 0.05, "bootstrap": 200, "explain": 200,
                 "index": "auto", "approximate_from": 50_000, "agreement_sample": 2000, "align": True, "align_max": 20_000,
-                "aligned_replaces_primary": True,
+                "aligned_weight": 2 / 3,
             },
             "metadata": {"placeholders": list(DEFAULT_PLACEHOLDERS)},
             "quality": {
@@ -80,10 +80,11 @@ def test_defaults_and_round_trip(tmp_path):
         ({"copies": {"fdr": 0}}, "copies.fdr must lie in \\(0, 1\\)"),
         ({"copies": {"align_max": 0}}, "copies.align_max must be >= 1"),
         ({"copies": {"align": "yes"}}, "align: expected bool"),
+        ({"copies": {"aligned_weight": 0}}, "copies.aligned_weight must lie in \\(0, 1\\]"),
         ({"embedder_options": {"copydetect": {"widht": 8}}}, "unknown key 'widht' \\(did you mean 'width'\\?\\)"),
         ({"embedder_options": {"pixels": {"size": 8}}}, "embedder 'pixels' takes no options"),
     ],
-    ids=["typo", "str-int", "bool-int", "not-list", "check-typo", "no-checks", "dup-check", "embedder-typo", "range", "option-typo", "option-range", "option-type", "not-table", "literal", "fdr", "align-max", "align-type", "embedder-option-typo", "no-options"],
+    ids=["typo", "str-int", "bool-int", "not-list", "check-typo", "no-checks", "dup-check", "embedder-typo", "range", "option-typo", "option-range", "option-type", "not-table", "literal", "fdr", "align-max", "align-type", "aligned-weight", "embedder-option-typo", "no-options"],
 )
 def test_bad_configs(data, message):
     with pytest.raises(ConfigError, match=message):

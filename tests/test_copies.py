@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from scipy.stats import binom
@@ -9,7 +11,7 @@ from scipy.stats import binom
 from conftest import TINY
 from privaudit import transforms
 from privaudit.checks.base import CheckStatus
-from privaudit.checks.copies import _bootstrap_storey, _Space, combined_pvalues, control_found_bh
+from privaudit.checks.copies import _bootstrap_storey, _Space, _weight_factors, combined_pvalues, control_found_bh
 from privaudit.config import AuditConfig
 from privaudit.data import ImageSet
 from privaudit.errors import InputError
@@ -284,7 +286,7 @@ def test_copydetect_joins_where_the_aligned_comparison_does_not_run(study):
     c = result.checks["copies"]
     assert c.embedders == ("pixels", "copydetect") and [e.name for e in result.embedders] == ["pixels", "copydetect"]
     assert not c.aligned.used and c.aligned.reason == "training 120, null 1,000 image(s), above copies.align_max = 100"
-    assert not c.aligned.replaces_primary  # nothing stands in for pixels: both spaces are combined
+    assert c.aligned.weight is None  # the two spaces are combined alike
     assert any(w.startswith("The aligned comparison (copies mirrored, rotated, cropped or shifted) was not run") for w in c.warnings)
     found = {f"m{i}" for i in range(10)} & {f.synthetic_id for f in c.flagged}
     assert len(found) >= 7, sorted(found)
@@ -310,18 +312,20 @@ def test_min_p_combination_is_calibrated_and_sharper_than_bonferroni():
     assert conformal_pvalues(np.array([10.0]), null[0])[0] == pytest.approx(1 / (n + 1))
 
 
-def _full_conformal_minp(syn: list[np.ndarray], null: list[np.ndarray]) -> np.ndarray:
+def _full_conformal_minp(syn: list[np.ndarray], null: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
     """Slow reference: the exact (full-conformal) min-p p-value of each synthetic image, every
-    statistic recomputed in the null augmented with that image."""
+    statistic recomputed in the null augmented with that image; with weights, each space's
+    p-value divided by its weight (exact fractions, so that ties are ties)."""
     n = len(null[0])
+    weights = weights or [1.0] * len(syn)
     out = np.empty(len(syn[0]))
     for t in range(len(syn[0])):
         stats = []
-        for sy, nu in zip(syn, null):
+        for sy, nu, w in zip(syn, null, weights):
             aug = np.concatenate([[sy[t]], nu])
-            stats.append([(1 + np.sum(np.delete(aug, i) >= aug[i])) / (n + 1) for i in range(n + 1)])
-        stat = np.min(stats, axis=0)
-        out[t] = np.sum(stat <= stat[0]) / (n + 1)
+            stats.append([Fraction(int(1 + np.sum(np.delete(aug, i) >= aug[i])), n + 1) / Fraction(w).limit_denominator(100) for i in range(n + 1)])
+        stat = [min(col) for col in zip(*stats)]
+        out[t] = sum(v <= stat[0] for v in stat) / (n + 1)
     return out
 
 
@@ -338,6 +342,45 @@ def test_min_p_combination_equals_the_slow_full_conformal_value():
     np.testing.assert_allclose(combined_pvalues(syn[:2], null[:2]), _full_conformal_minp(syn[:2], null[:2]), rtol=0, atol=1e-12)
     # A perfect copy (above every null score in every space) gets the smallest p-value, 1/(n+1).
     assert combined_pvalues([np.array([9.0])] * 3, null)[0] == pytest.approx(1 / (n + 1))
+
+
+@pytest.mark.parametrize("weights", [(1 / 3, 2 / 3), (0.25, 0.75), (0.2, 0.3, 0.5), (0.5, 0.5)])
+def test_weighted_min_p_equals_the_slow_full_conformal_value(weights):
+    """The weighted combination (the aligned comparison's default weight 2/3) is the exact
+    full-conformal p-value of the weighted statistic, with ties; equal weights are plain min-p."""
+    rng = np.random.default_rng(4)
+    n, m, s = 50, 120, len(weights)
+    null = [np.round(rng.normal(size=n), 1) for _ in range(s)]
+    shift = np.r_[np.zeros(m - 30), np.full(30, 2.5)]
+    syn = [np.round(rng.normal(size=m) + shift * (k % 2), 1) for k in range(s)]
+    fast = combined_pvalues(syn, null, weights)
+    np.testing.assert_allclose(fast, _full_conformal_minp(syn, null, list(weights)), rtol=0, atol=1e-12)
+    if len(set(weights)) == 1:
+        np.testing.assert_array_equal(fast, combined_pvalues(syn, null))
+    # A copy seen in the heavier space alone needs less evidence than one seen in the lighter alone.
+    top, mid = np.array([9.0]), np.array([np.sort(null[0])[-4] + 0.01])  # above all; 3 null scores above
+    light_only = combined_pvalues([top, *[mid] * (s - 1)], null, weights)[0]
+    heavy_only = combined_pvalues([*[mid] * (s - 1), top], null, weights)[0]
+    assert heavy_only <= light_only
+    # Valid whatever the weights: over fresh nulls of 99 images, a null-like image's p-value is
+    # at most alpha with probability at most alpha (not exactly alpha: images that tie on the
+    # combined statistic make it conservative; measured 0.037 at 0.05 with weights 1/3, 2/3).
+    # 300 nulls of 50 test images each; the rate's sd is about 0.0024 at 0.05 (the null's share
+    # and the test images' share of the variance added).
+    p = np.concatenate([combined_pvalues([rng.normal(size=50) for _ in range(s)], [rng.normal(size=99) for _ in range(s)], weights) for _ in range(300)])
+    for alpha in (0.05, 0.2):
+        sd = np.sqrt(alpha * (1 - alpha) / 99 / 300 + alpha * (1 - alpha) / p.size)
+        rate = (p <= alpha + 1e-12).mean()
+        assert alpha / 2 <= rate <= alpha + 4 * sd, (alpha, rate)
+
+
+def test_weight_factors_are_exact_integers():
+    assert _weight_factors(None, 3).tolist() == [1, 1, 1]
+    assert _weight_factors((1 / 3, 2 / 3), 2).tolist() == [2, 1]
+    assert _weight_factors((0.2, 0.3, 0.5), 3).tolist() == [15, 10, 6]
+    assert _weight_factors((0.5, 0.5), 2).tolist() == [1, 1]
+    with pytest.raises(ValueError):
+        _weight_factors((1.0, 0.0), 2)
 
 
 def test_positive_control_judges_each_planted_copy_on_its_own():
@@ -525,28 +568,29 @@ def test_aligned_comparison_finds_the_geometric_copies_pixels_miss(study):
     assert len({f.synthetic_id for f in fallback.flagged} & set(planted)) >= 0.5 * len(planted)
 
 
-def test_the_aligned_comparison_stands_in_for_the_primary_space(study, leaky_result):
-    """Where it runs, the aligned comparison's p-value is the one each image is judged by (its
-    templates include the unchanged image); pixels still gives the nearest image and its
-    evidence. With copies.aligned_replaces_primary = false the two are combined by min-p."""
+def test_the_aligned_comparison_is_weighted_in_the_combination(study, leaky_result):
+    """Where it runs, the aligned comparison has copies.aligned_weight (2/3) of the weighted
+    min-p combination, pixels the rest; at weight 1 an image is judged by the aligned
+    comparison alone, pixels still giving the nearest image and its evidence."""
     planted = {p.synthetic_id for p in study.copies}
     c = leaky_result.checks["copies"]
-    assert c.aligned.used and c.aligned.replaces_primary
-    for f in c.flagged:
+    assert c.aligned.used and c.aligned.weight == pytest.approx(2 / 3)
+    # The combination, calibrated on the null: never below the smallest of its parts.
+    assert all(f.p_value >= min(e.p_value for e in f.evidence) - 1e-12 for f in c.flagged)
+    alone = audit(study.train, study.leaky, study.holdout, config=AuditConfig.from_dict({"copies": {"aligned_weight": 1}})).checks["copies"]
+    assert alone.aligned.weight == 1
+    for f in alone.flagged:
         by = {e.embedder: e for e in f.evidence}
         assert set(by) == {"pixels", "aligned"}
         assert f.p_value == pytest.approx(by["aligned"].p_value), f
-    config = AuditConfig.from_dict({"copies": {"aligned_replaces_primary": False}})
-    both = audit(study.train, study.leaky, study.holdout, config=config).checks["copies"]
-    assert both.aligned.used and not both.aligned.replaces_primary
-    # The min-p combination, calibrated on the null: never below the smaller of its parts.
-    assert all(f.p_value >= min(e.p_value for e in f.evidence) - 1e-12 for f in both.flagged)
-    assert any(f.p_value != pytest.approx(next(e.p_value for e in f.evidence if e.embedder == "aligned")) for f in both.flagged)
     # Either way the planted copies are the ones found.
-    for result in (c, both):
+    for result in (c, alone):
         caught = {f.synthetic_id for f in result.flagged}
         assert len(caught & planted) >= 0.9 * len(planted), (len(caught & planted), len(planted))
         assert len(caught - planted) <= 0.1 * len(caught)
+    # Where it does not run, the spaces are combined alike and no weight is recorded.
+    off = audit(study.train, study.leaky, study.holdout, config=cfg()).checks["copies"]
+    assert off.aligned.weight is None
 
 
 def test_aligned_comparison_is_left_out_above_its_size_limit_with_a_warning(study):

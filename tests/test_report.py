@@ -29,15 +29,16 @@ def test_report_has_verdict_banner_and_thumbnails(leaky_html, leaky_result):
 
 
 def test_the_copies_section_says_how_the_evidence_is_combined(leaky_html, leaky_result):
-    # The default: one embedding space (pixels) and the aligned comparison, which stands in for it.
-    assert leaky_result.checks["copies"].aligned.replaces_primary
-    assert "against it in the aligned comparison (its templates include the unchanged image, so it stands in for <code>pixels</code>" in leaky_html
-    assert "combined by the smallest p-value" not in leaky_html  # one component: nothing combined
-    # With copies.aligned_replaces_primary = false, the two are combined by min-p.
+    # The default: one embedding space (pixels) and the aligned comparison, weighted 1/3 and 2/3.
     copies = leaky_result.checks["copies"]
-    both = dataclasses.replace(copies, aligned=dataclasses.replace(copies.aligned, replaces_primary=False))
-    html = render_html(dataclasses.replace(leaky_result, checks={**leaky_result.checks, "copies": both}), images=None)
-    assert "in the embedding space and in the aligned comparison, combined by the smallest p-value" in html
+    assert copies.aligned.weight == pytest.approx(2 / 3)
+    text = re.sub(r"\s+", " ", leaky_html.replace("&#8239;", " ").replace("\u202f", " "))
+    assert "in the embedding space and in the aligned comparison, combined by the smallest of their p-values, each divided by its weight (67 % for the aligned comparison, 33 % for the embedding space" in text
+    # At weight 1 the aligned comparison alone; nothing is combined.
+    alone = dataclasses.replace(copies, aligned=dataclasses.replace(copies.aligned, weight=1.0))
+    html = render_html(dataclasses.replace(leaky_result, checks={**leaky_result.checks, "copies": alone}), images=None)
+    assert "against it in the aligned comparison alone (<code>copies.aligned_weight</code> = 1" in html
+    assert "combined by the smallest p-value" not in html
 
 
 def test_report_makes_no_external_requests(leaky_html):

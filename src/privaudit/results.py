@@ -29,7 +29,7 @@ from privaudit.policy import Verdict
 from privaudit.search import SearchTiming
 from privaudit.stages import StageTiming
 
-SCHEMA_VERSION = "2.6.0"  # 2.6: copies.aligned.replaces_primary; 2.5: copies.aligned.aspect, .core, .crop_core; 2.4: copies.aligned.smooth; 2.3: run.searches (each kNN search of the checks, its shape and seconds); 2.2: quality.n_holdout_compared (quality.max_compared); 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope, run.cluster, copies.search (index and its measured agreement)
+SCHEMA_VERSION = "2.6.0"  # 2.6: copies.aligned.weight; 2.5: copies.aligned.aspect, .core, .crop_core; 2.4: copies.aligned.smooth; 2.3: run.searches (each kNN search of the checks, its shape and seconds); 2.2: quality.n_holdout_compared (quality.max_compared); 2.1: run.stages, run.seconds, run.peak_rss_mb, run.peak_scope, run.cluster, copies.search (index and its measured agreement)
 
 
 @dataclass(frozen=True)

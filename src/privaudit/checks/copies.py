@@ -22,7 +22,10 @@ within-training null is used and said so (:data:`FALLBACK_NOTE`).
 **Calls.** A conformal p-value per synthetic image and space (Bates et al., Annals of Statistics
 2023); several spaces are combined by the smallest per-space p-value, itself calibrated against
 the same statistic of the null images (:func:`combined_pvalues`: no Bonferroni factor, so the
-resolution stays ``1 / (n + 1)``); images are flagged under Benjamini–Hochberg at FDR ``q`` (or,
+resolution stays ``1 / (n + 1)``). The aligned comparison joins as one more component, weighted
+``aligned_weight`` (2/3) against the embedding spaces' 1/3 (weighted min-p: each p-value divided by
+its weight), which keeps ``pixels``' power on untransformed copies and gives transformed ones
+the larger share (measured: README, the copies check); images are flagged under Benjamini–Hochberg at FDR ``q`` (or,
 on request, at a plain per-image level). The detection floor — the fewest copies BH can flag at
 all with this null, ``ceil(m / (q (n+1)))`` — is reported, and the flagged rate carries it so that a policy can refuse to pass a check that
 could not have seen a rate above its tolerance.
@@ -52,8 +55,9 @@ synthetic set: a mode-collapse signal), reported separately from copies.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
@@ -151,12 +155,13 @@ class CopiesOptions:
             synthetic and null images, each aligned with 10 candidates in two base sets:
             measured 119 s for the copies check of a 10,000 x 10,000 x 2,000 study on 2 cores,
             against 6-8 s without it).
-        aligned_replaces_primary: where the aligned comparison runs, combine its p-values in
-            place of the primary space's. Its templates include the identity (no mirror,
-            rotation, crop or shift), so it already makes the primary space's comparison, and a
-            further component in the min-p combination only raises the p-value a copy needs:
-            measured on PneumoniaMNIST, combined transforms 94 and 93 % alone against 90 and
-            87 % with ``pixels`` on two draws, and no family that ``pixels`` finds and it misses.
+        aligned_weight: where the aligned comparison runs, its weight in the weighted min-p
+            combination, the embedding spaces sharing the rest equally (with one space, 2/3
+            against 1/3: a copy seen only in the aligned comparison needs half the evidence of
+            one seen only in ``pixels``). 1 scores by the aligned comparison alone (its
+            templates include the unchanged image); 1/(number of spaces + 1) is plain min-p.
+            The p-values are valid whatever the weight; it moves power between transformed
+            and untransformed copies (README, the copies check, gives the measurements).
     """
 
     fdr: float = 0.05
@@ -175,7 +180,7 @@ class CopiesOptions:
     agreement_sample: int = 2000
     align: bool = True
     align_max: int = 20_000
-    aligned_replaces_primary: bool = True
+    aligned_weight: float = 2 / 3
 
     def __post_init__(self) -> None:
         if self.index not in INDEX_KINDS:
@@ -191,6 +196,8 @@ class CopiesOptions:
         nd = self.near_duplicate_similarity
         if nd is not None and not -1.0 <= nd <= 1.0:
             raise ConfigError(f"copies.near_duplicate_similarity must lie in [-1, 1]; got {nd}")
+        if not 0.0 < self.aligned_weight <= 1.0:
+            raise ConfigError(f"copies.aligned_weight must lie in (0, 1]; got {self.aligned_weight}")
         if self.align_max < 1:
             raise ConfigError(f"copies.align_max must be >= 1; got {self.align_max}")
         for name in ("positive_control", "bootstrap", "explain"):
@@ -367,9 +374,9 @@ class AlignedRecord:
             factors (0: square templates only).
         core: the central share of the query compared where no crop is undone.
         crop_core: the share of the query compared where a crop is undone.
-        replaces_primary: True when its p-values stood in for the primary space's in the
-            combination (``copies.aligned_replaces_primary``); the primary space still gave
-            the null, the duplicates and its evidence on each flagged pair.
+        weight: its weight in the combination (``copies.aligned_weight``; the embedding
+            spaces shared the rest equally), None where it did not run. At 1 the spaces were
+            not combined; they still gave the null, the duplicates and their evidence.
     """
 
     used: bool
@@ -382,7 +389,7 @@ class AlignedRecord:
     aspect: float = 0.0
     core: float | None = None
     crop_core: float | None = None
-    replaces_primary: bool = False
+    weight: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -568,9 +575,10 @@ class CopiesCheck(Check):
         aligned_space, aligned = _aligned_space(ctx, spaces[0], options, warnings)
         if aligned_space is not None:
             spaces.append(aligned_space)
-        # The components whose p-values are combined: every space and the aligned comparison,
-        # or, where that stands in for the primary space, all but the primary.
-        scoring = spaces[1:] if aligned.replaces_primary else spaces
+        # The components whose p-values are combined, and their weights: every space and the
+        # aligned comparison (weighted), the aligned comparison alone at weight 1, or the spaces
+        # alike where it does not run.
+        scoring, weights = _scoring(spaces, aligned)
         primary = spaces[0]
         if primary.source != "holdout":
             warnings.insert(0, FALLBACK_NOTE)
@@ -585,7 +593,7 @@ class CopiesCheck(Check):
         lam = attainable_level(options.alpha, n_min) if n_min else 0.0
         # An empty null (every non-member duplicates a training image) has no p-values: the check
         # is then not assessed below, with the reason.
-        pvalues = _combined(scoring) if n_min else np.ones(m)
+        pvalues = _combined(scoring, weights=weights) if n_min else np.ones(m)
         within_train = _internal_duplicates(ctx, "train", spaces[0].spec, options)
         within_syn = _internal_duplicates(ctx, "synthetic", spaces[0].spec, options)
         dup_rate = within_syn.n_images_involved / m if m else math.nan
@@ -664,7 +672,7 @@ class CopiesCheck(Check):
         qvalues = _bh_adjusted(pvalues)
         rng = ctx.rng("copies")
         copy_rate = storey_nonnull_share(pvalues, lam)
-        cr_lo, cr_hi = _bootstrap_storey(scoring, options.alpha, options.bootstrap, rng)
+        cr_lo, cr_hi = _bootstrap_storey(scoring, options.alpha, options.bootstrap, rng, weights)
         flagged_idx = np.flatnonzero(is_flagged)
         flagged_idx = flagged_idx[np.lexsort((-primary.syn_similarity[flagged_idx], pvalues[flagged_idx]))]
         flagged = _flagged_pairs(ctx, spaces, flagged_idx, pvalues, qvalues, options.explain)
@@ -673,7 +681,7 @@ class CopiesCheck(Check):
         train_pids = ctx.train.patient_ids
         copied = {ctx.train.index_of(f.train_id) for f in flagged}
         n_patients = len({train_pids[i] for i in copied}) if train_pids else None
-        control = _positive_control(ctx, scoring, pvalues, options, rng) if options.positive_control else None
+        control = _positive_control(ctx, scoring, pvalues, options, rng, weights) if options.positive_control else None
         metrics = {
             "copy_rate": Metric(copy_rate, m, cr_lo, cr_hi),
             "flagged_rate": Metric(k / m, m, fl_lo, fl_hi, floor=floor / m),
@@ -830,9 +838,9 @@ def _aligned_space(ctx: AuditContext, primary: _Space, options: CopiesOptions, w
     align = AlignOptions()
 
     def record(reason: str | None) -> AlignedRecord:
-        replaces = reason is None and options.aligned_replaces_primary
+        weight = options.aligned_weight if reason is None else None
         return AlignedRecord(
-            reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth, align.aspect, align.core, align.crop_core, replaces
+            reason is None, reason, align.candidates, align.size, align.angles, align.crops, align.smooth, align.aspect, align.core, align.crop_core, weight
         )
 
     if not options.align:
@@ -1018,55 +1026,88 @@ def _training_null(
     return {spec: v[kept] for spec, v in sims.items()}, g, duplicates, kept
 
 
-def combined_pvalues(syn_scores: list[np.ndarray], null_scores: list[np.ndarray]) -> np.ndarray:
+def combined_pvalues(syn_scores: list[np.ndarray], null_scores: list[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
     """Conformal p-values of synthetic images, combining several spaces without a Bonferroni
     factor.
 
     With one space, the plain conformal p-value. With several, the statistic is the smallest
-    per-space p-value (min-p, so an image that stands out in any one space stands out), and it
-    is calibrated, exactly, against the same statistic of the null images in the null augmented
+    per-space p-value (min-p, so an image that stands out in any one space stands out), each
+    divided by its space's weight where ``weights`` are given (weighted min-p: a space with
+    twice the weight needs half the evidence; equal weights are plain min-p), and it is
+    calibrated, exactly, against the same statistic of the null images in the null augmented
     with the image under test (full conformal: a null image's per-space p-value counts the test
     image when it scores at least as high). The result has the resolution of one space,
     ``1 / (n + 1)``; a Bonferroni combination would need ``S`` times more non-members for the
-    same detection floor. The null images must be the same, in the same order, in every space.
+    same detection floor. The weights only shift power between spaces: the p-values are valid
+    whatever they are. The null images must be the same, in the same order, in every space.
 
-    The test image changes a null image's statistic by at most one rank, so only null images
-    whose statistic ties with the test image's need to be looked at one by one; the others are
-    counted from one sorted array. (Computing the null's statistics once without the test image
-    would be wrong in one direction or the other: ``/ n`` is anti-conservative for null-like
-    images, ``/ (n + 1)`` triples the p-value of a perfect copy in two spaces.)
+    Computed on an integer grid: each space's rank times a factor proportional to one over its
+    weight (the weights are read as fractions with denominators up to 100). The test image
+    raises a null image's rank by at most one in each space, so a null image's exact statistic
+    lies between its statistic without the test image (``lo``) and with one more in every
+    space (``hi``): those with ``hi`` at most the test image's statistic are counted, those
+    with ``lo`` above it are not, and only the few in between are recomputed, pair by pair.
+    (Computing the null's statistics once without the test image would be wrong in one
+    direction or the other: ``/ n`` is anti-conservative for null-like images, ``/ (n + 1)``
+    triples the p-value of a perfect copy in two spaces.)
     """
     if len(syn_scores) == 1:
         return conformal_pvalues(syn_scores[0], null_scores[0])
     syn = np.stack([np.asarray(x, dtype=np.float64) for x in syn_scores])  # (S, m)
     null = np.stack([np.asarray(x, dtype=np.float64) for x in null_scores])  # (S, n)
-    n = null.shape[1]
-    # Ranks in grid units of 1 / (n + 1): r[s, i] = #{j: null_sj >= null_si} (itself included);
-    # a[s, t] = 1 + #{j: null_sj >= syn_st}.
+    n, m = null.shape[1], syn.shape[1]
+    factor = _weight_factors(weights, len(syn_scores))[:, None]  # (S, 1), integers
+    # Ranks: r[s, j] = #{k: null_sk >= null_sj} (itself included); a[s, i] = 1 + #{k: null_sk >= syn_si}.
     null_sorted = np.sort(null, axis=1)
-    ranks = np.stack([n - np.searchsorted(v, x, side="left") for v, x in zip(null_sorted, null)])
-    a = np.min(np.stack([1 + n - np.searchsorted(v, sy, side="left") for v, sy in zip(null_sorted, syn)]), axis=0)
-    b = ranks.min(axis=0)  # the null's statistics without the test image
-    order_b = np.argsort(b, kind="stable")
-    b_sorted = b[order_b]
-    # Null images with b < a have an exact statistic <= b + 1 <= a: counted. Those with b > a:
-    # not. Those with b == a: counted unless the test image raises them, i.e. counted when in
-    # some space where their rank is b the test image scores below them.
-    count = 1 + np.searchsorted(b_sorted, a, side="left")  # the test image itself, and b < a
-    order_a = np.argsort(a, kind="stable")
-    a_sorted = a[order_a]
-    for value in np.intersect1d(a, b):  # grid values shared by test images and null images
-        ties = order_b[np.searchsorted(b_sorted, value, side="left") : np.searchsorted(b_sorted, value, side="right")]
-        tests = order_a[np.searchsorted(a_sorted, value, side="left") : np.searchsorted(a_sorted, value, side="right")]
-        at_min = ranks[:, ties] == value  # (S, T): spaces where the tie's rank is its minimum
-        below = syn[:, tests][:, :, None] < null[:, ties][:, None, :]  # (S, tests, T)
-        count[tests] += np.any(below & at_min[:, None, :], axis=0).sum(axis=1)
+    ranks = np.stack([n - np.searchsorted(v, x, side="left") for v, x in zip(null_sorted, null)]).astype(np.int64)
+    a = np.stack([1 + n - np.searchsorted(v, sy, side="left") for v, sy in zip(null_sorted, syn)]).astype(np.int64)
+    stat = (a * factor).min(axis=0)  # (m,) the test images' statistics
+    lo = (ranks * factor).min(axis=0)  # (n,) the null's, without the test image
+    hi = ((ranks + 1) * factor).min(axis=0)  # ... with the test image above it in every space
+    count = 1 + np.searchsorted(np.sort(hi), stat, side="right")  # itself, and hi <= stat
+    # The undecided: lo <= stat < hi. As hi <= lo + max(factor), their lo lies in
+    # (stat - max(factor), stat]: one slice of the null sorted by lo per test image.
+    order = np.argsort(lo, kind="stable")
+    lo_sorted = lo[order]
+    start = np.searchsorted(lo_sorted, stat - int(factor.max()), side="right")
+    lengths = np.searchsorted(lo_sorted, stat, side="right") - start
+    test = np.repeat(np.arange(m), lengths)
+    within = np.arange(test.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    other = order[np.repeat(start, lengths) + within]
+    keep = hi[other] > stat[test]
+    test, other = test[keep], other[keep]
+    exact = ((ranks[:, other] + (syn[:, test] >= null[:, other])) * factor).min(axis=0)
+    count += np.bincount(test[exact <= stat[test]], minlength=m)
     return count / (n + 1.0)
 
 
-def _combined(spaces: list[_Space], syn_scores: list[np.ndarray] | None = None) -> np.ndarray:
+def _weight_factors(weights: Sequence[float] | None, n_spaces: int) -> np.ndarray:
+    """Integer factors proportional to one over each weight (1 for equal weights)."""
+    if weights is None:
+        return np.ones(n_spaces, dtype=np.int64)
+    if len(weights) != n_spaces or any(not w > 0 for w in weights):
+        raise ValueError(f"expected {n_spaces} positive weights, got {list(weights)}")
+    inverse = [1 / Fraction(w).limit_denominator(100) for w in weights]
+    scale = math.lcm(*(f.denominator for f in inverse))
+    ints = [int(f * scale) for f in inverse]
+    g = math.gcd(*ints)
+    return np.array([i // g for i in ints], dtype=np.int64)
+
+
+def _scoring(spaces: list[_Space], aligned: AlignedRecord) -> tuple[list[_Space], tuple[float, ...] | None]:
+    """The components combined and their weights (None: alike). Where the aligned comparison ran
+    it is the last of ``spaces``, with ``aligned.weight``; the embedding spaces share the rest."""
+    if not aligned.used or aligned.weight is None:
+        return spaces, None
+    if aligned.weight >= 1.0:
+        return spaces[-1:], None
+    others = len(spaces) - 1
+    return spaces, (*[(1.0 - aligned.weight) / others] * others, aligned.weight)
+
+
+def _combined(spaces: list[_Space], syn_scores: list[np.ndarray] | None = None, weights: Sequence[float] | None = None) -> np.ndarray:
     scores = syn_scores if syn_scores is not None else [s.syn_score for s in spaces]
-    return combined_pvalues(scores, [s.null_score for s in spaces])
+    return combined_pvalues(scores, [s.null_score for s in spaces], weights)
 
 
 def _bh_adjusted(p: np.ndarray) -> np.ndarray:
@@ -1082,7 +1123,9 @@ def _bh_adjusted(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bootstrap_storey(spaces: list[_Space], alpha: float, replicates: int, rng: np.random.Generator) -> tuple[float | None, float | None]:
+def _bootstrap_storey(
+    spaces: list[_Space], alpha: float, replicates: int, rng: np.random.Generator, weights: Sequence[float] | None = None
+) -> tuple[float | None, float | None]:
     """Percentile interval of the copied-share estimate, resampling null patients (their images
     together: scans of one patient are not independent) and synthetic images.
 
@@ -1106,7 +1149,7 @@ def _bootstrap_storey(spaces: list[_Space], alpha: float, replicates: int, rng: 
         lam_b = attainable_level(alpha, len(rows))
         if lam_b == 0.0:
             continue
-        p = combined_pvalues([s.syn_score[syn_idx] for s in spaces], [s.null_score[rows] for s in spaces])
+        p = combined_pvalues([s.syn_score[syn_idx] for s in spaces], [s.null_score[rows] for s in spaces], weights)
         estimates[b] = storey_nonnull_share(p, lam_b)
     if np.isfinite(estimates).sum() < replicates / 2:
         return (None, None)
@@ -1164,7 +1207,12 @@ def _flagged_pairs(
 
 
 def _positive_control(
-    ctx: AuditContext, spaces: list[_Space], pvalues: np.ndarray, options: CopiesOptions, rng: np.random.Generator
+    ctx: AuditContext,
+    spaces: list[_Space],
+    pvalues: np.ndarray,
+    options: CopiesOptions,
+    rng: np.random.Generator,
+    weights: Sequence[float] | None = None,
 ) -> PositiveControl:
     families = list(transforms.FAMILIES)
     n = min(options.positive_control, len(ctx.train))
@@ -1181,7 +1229,7 @@ def _positive_control(
     # evidence (smallest p-value; the first space on ties).
     lead = np.argmin(np.stack(space_p), axis=0)
     nearest = np.stack(nearests)[lead, np.arange(len(images))]
-    planted_p = _combined(spaces, scores)
+    planted_p = _combined(spaces, scores, weights)
     if options.method == "fdr":
         found = control_found_bh(pvalues, planted_p, len(spaces[0].null_score), options.fdr, prevalence=options.control_prevalence)
     else:
