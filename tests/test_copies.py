@@ -358,10 +358,14 @@ def test_weighted_min_p_equals_the_slow_full_conformal_value(weights):
     if len(set(weights)) == 1:
         np.testing.assert_array_equal(fast, combined_pvalues(syn, null))
     # A copy seen in the heavier space alone needs less evidence than one seen in the lighter alone.
-    top, mid = np.array([9.0]), np.array([np.sort(null[0])[-4] + 0.01])  # above all; 3 null scores above
-    light_only = combined_pvalues([top, *[mid] * (s - 1)], null, weights)[0]
-    heavy_only = combined_pvalues([*[mid] * (s - 1), top], null, weights)[0]
+    # (Weights in ascending order: the first space is the lightest, the last the heaviest.)
+    top = np.array([9.0])  # above every null score
+    mid = [np.array([np.sort(v)[-4] + 0.01]) for v in null]  # just above each space's 4th highest
+    light_only = combined_pvalues([top, *mid[1:]], null, weights)[0]
+    heavy_only = combined_pvalues([*mid[:-1], top], null, weights)[0]
     assert heavy_only <= light_only
+    if weights[-1] > weights[0]:
+        assert heavy_only < light_only
     # Valid whatever the weights: over fresh nulls of 99 images, a null-like image's p-value is
     # at most alpha with probability at most alpha (not exactly alpha: images that tie on the
     # combined statistic make it conservative; measured 0.037 at 0.05 with weights 1/3, 2/3).
