@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from privaudit.errors import InputError
-from privaudit.search import knn, knn_excluding_self, knn_reference, self_knn
+from privaudit.search import knn, knn_excluding_self, knn_reference, nearest_other, self_knn
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -103,6 +103,41 @@ def test_self_knn_offsets_rank_by_euclidean_distance(method):
         self_knn(x, k=2, offsets=norms[:5])
     with pytest.raises(ValueError, match="method must be one of"):
         self_knn(x, k=2, method="fast")
+
+
+@pytest.mark.parametrize("tile", [1, 7, 32, 4096], ids=["tile1", "tile7", "tile32", "one-tile"])
+def test_nearest_other_equals_brute_force(tile):
+    """The one-neighbour triangle pass (running maxima down both axes of each tile) against
+    the float64 brute force: without groups, with groups spread across tiles and with an exact
+    duplicate, which must be found as the other vector, never as the vector itself."""
+    rng = np.random.default_rng(10)
+    x = _unit(rng, 130, 16)
+    x[5] = x[77]  # an exact duplicate across tiles
+    solo = nearest_other(x, tile=tile)
+    np.testing.assert_allclose(solo.similarities, _slow_excluding(x, np.arange(130), 1), atol=1e-6)
+    assert (solo.indices.ravel() != np.arange(130)).all()
+    assert solo.indices[5, 0] == 77 and solo.indices[77, 0] == 5
+    groups = rng.integers(0, 20, size=130)
+    grouped = nearest_other(x, groups=groups, tile=tile)
+    np.testing.assert_allclose(grouped.similarities, _slow_excluding(x, groups, 1), atol=1e-6)
+    assert all(groups[j] != groups[i] for i, j in enumerate(grouped.indices.ravel()))
+    lone = nearest_other(x[:3], groups=np.zeros(3), tile=tile)
+    assert np.isneginf(lone.similarities).all() and (lone.indices == -1).all()
+
+
+def test_knn_excluding_self_takes_the_one_neighbour_pass_from_512_dimensions():
+    from privaudit.search import timed_searches
+
+    rng = np.random.default_rng(11)
+    x = _unit(rng, 300, 512)
+    groups = rng.integers(0, 60, size=300)
+    with timed_searches() as found:
+        nb = knn_excluding_self(x, k=1, groups=groups)
+    assert [t.kind for t in found] == ["self"]
+    np.testing.assert_allclose(nb.similarities, _slow_excluding(x, groups, 1), atol=1e-5)
+    two = knn_excluding_self(x, k=2, groups=groups)  # k > 1: the sorted lists of self_knn
+    np.testing.assert_allclose(two.similarities, _slow_excluding(x, groups, 2), atol=1e-5)
+    np.testing.assert_allclose(two.similarities[:, :1], nb.similarities, atol=1e-6)
 
 
 def test_one_group_has_no_admissible_neighbour():
