@@ -443,6 +443,22 @@ def self_search_kind(dim: int, method: str = "auto") -> str:
     return "self" if method == "triangle" else "exact"
 
 
+def _triangle_tiles(x: np.ndarray, tile: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """The upper triangle of tiles of ``x x^T``: ``(i0, j0, g)`` with ``g`` the float32 block of
+    rows ``i0...`` and columns ``j0 >= i0...`` (one buffer, overwritten by the next tile)."""
+    n = x.shape[0]
+    side = min(tile, n)
+    prod = np.empty(side * side, dtype=np.float32)
+    for i0 in range(0, n, tile):
+        i1 = min(i0 + tile, n)
+        for j0 in range(i0, n, tile):
+            j1 = min(j0 + tile, n)
+            # numpy's BLAS: 0.21 s per 4,096 x 4,096 x 1,024 tile here, torch.mm 0.28 s.
+            g = prod[: (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)
+            np.matmul(x[i0:i1], x[j0:j1].T, out=g)
+            yield i0, j0, g
+
+
 def self_knn(
     vectors: np.ndarray, *, k: int = 1, tile: int = SELF_TILE, offsets: np.ndarray | None = None, method: str = "auto"
 ) -> Neighbors:
@@ -499,7 +515,7 @@ def self_knn(
     best_v = torch.full((n, k), -math.inf)
     best_i = torch.full((n, k), -1, dtype=torch.int64)
     side = min(tile, n)
-    prod, flipped = np.empty(side * side, dtype=np.float32), torch.empty(side * side)
+    flipped = torch.empty(side * side)
     ht = None if h is None else torch.from_numpy(h)
 
     def merge(lo: int, g: torch.Tensor, offset: int, *, columns: bool = False) -> None:
@@ -532,21 +548,16 @@ def self_knn(
         best_i[at] = torch.gather(both_i, 1, keep.indices)
 
     with torch.inference_mode():
-        for i0 in range(0, n, tile):
-            i1 = min(i0 + tile, n)
-            for j0 in range(i0, n, tile):
-                j1 = min(j0 + tile, n)
-                # numpy's BLAS: 0.21 s per 4,096 x 4,096 x 1,024 tile here, torch.mm 0.28 s.
-                g_np = prod[: (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)
-                np.matmul(x[i0:i1], x[j0:j1].T, out=g_np)
-                g = torch.from_numpy(g_np)
+        for i0, j0, g_np in _triangle_tiles(x, tile):
+            g = torch.from_numpy(g_np)
+            i1, j1 = i0 + g.shape[0], j0 + g.shape[1]
+            if ht is not None:
+                g.sub_(ht[None, j0:j1])  # rows i0:i1 score their neighbours j0:j1
+            merge(i0, g, j0)
+            if j0 != i0:  # the same tile, transposed, serves the rows j0:j1
                 if ht is not None:
-                    g.sub_(ht[None, j0:j1])  # rows i0:i1 score their neighbours j0:j1
-                merge(i0, g, j0)
-                if j0 != i0:  # the same tile, transposed, serves the rows j0:j1
-                    if ht is not None:
-                        g.add_(ht[None, j0:j1]).sub_(ht[i0:i1, None])
-                    merge(j0, g, i0, columns=True)
+                    g.add_(ht[None, j0:j1]).sub_(ht[i0:i1, None])
+                merge(j0, g, i0, columns=True)
     order = torch.argsort(best_v, dim=1, descending=True, stable=True)
     sims = torch.gather(best_v, 1, order).numpy().astype(np.float32)
     record_search("self", n, n, x.shape[1], k, started)
@@ -584,7 +595,6 @@ def nearest_other(vectors: np.ndarray, *, groups: np.ndarray | None = None, tile
     best_v = torch.full((n,), -math.inf)
     best_i = torch.full((n,), -1, dtype=torch.int64)
     side = min(tile, n)
-    prod = np.empty(side * side, dtype=np.float32)
     is_top, row_of = torch.empty(side * side, dtype=torch.bool), torch.empty(side * side, dtype=torch.int32)
     row_ids, no_row = torch.arange(side, dtype=torch.int32), torch.tensor(-1, dtype=torch.int32)
 
@@ -618,25 +628,20 @@ def nearest_other(vectors: np.ndarray, *, groups: np.ndarray | None = None, tile
         best_i[at] = where + offset
 
     with torch.inference_mode():
-        for i0 in range(0, n, tile):
-            i1 = min(i0 + tile, n)
-            for j0 in range(i0, n, tile):
-                j1 = min(j0 + tile, n)
-                g_np = prod[: (i1 - i0) * (j1 - j0)].reshape(i1 - i0, j1 - j0)
-                np.matmul(x[i0:i1], x[j0:j1].T, out=g_np)
-                g = torch.from_numpy(g_np)
-                if j0 == i0:
-                    g.fill_diagonal_(-math.inf)
-                if g_ids is not None:
-                    a, b = g_ids[i0:i1], g_ids[j0:j1]
-                    # Most tiles share no group (a patient's scans are usually listed together).
-                    if torch.isin(a, b).any():
-                        g.masked_fill_(a[:, None] == b[None, :], -math.inf)
-                # Along rows (contiguous) numpy's argmax is as fast as a max: 2 ms a tile.
-                where = torch.from_numpy(g_np.argmax(axis=1))
-                fold(i0, torch.gather(g, 1, where[:, None]).ravel(), where, j0)
-                if j0 != i0:  # the same tile serves the rows j0:j1 down its columns
-                    fold_columns(j0, g, i0)
+        for i0, j0, g_np in _triangle_tiles(x, tile):
+            g = torch.from_numpy(g_np)
+            if j0 == i0:
+                g.fill_diagonal_(-math.inf)
+            if g_ids is not None:
+                a, b = g_ids[i0 : i0 + g.shape[0]], g_ids[j0 : j0 + g.shape[1]]
+                # Most tiles share no group (a patient's scans are usually listed together).
+                if torch.isin(a, b).any():
+                    g.masked_fill_(a[:, None] == b[None, :], -math.inf)
+            # Along rows (contiguous) numpy's argmax is as fast as a max: 2 ms a tile.
+            where = torch.from_numpy(g_np.argmax(axis=1))
+            fold(i0, torch.gather(g, 1, where[:, None]).ravel(), where, j0)
+            if j0 != i0:  # the same tile serves the rows j0:j1 down its columns
+                fold_columns(j0, g, i0)
     sims = best_v.numpy().astype(np.float32)[:, None]
     idx = best_i.numpy()[:, None]
     idx[~np.isfinite(sims)] = -1
