@@ -135,6 +135,8 @@ def test_knn_excluding_self_takes_the_one_neighbour_pass_from_512_dimensions():
         nb = knn_excluding_self(x, k=1, groups=groups)
     assert [t.kind for t in found] == ["self"]
     np.testing.assert_allclose(nb.similarities, _slow_excluding(x, groups, 1), atol=1e-5)
+    with pytest.raises(InputError, match="got \\(300,\\) for base"):  # a 1-D set: the same one-line error as before
+        knn_excluding_self(x[:, 0], k=1)
     two = knn_excluding_self(x, k=2, groups=groups)  # k > 1: the sorted lists of self_knn
     np.testing.assert_allclose(two.similarities, _slow_excluding(x, groups, 2), atol=1e-5)
     np.testing.assert_allclose(two.similarities[:, :1], nb.similarities, atol=1e-6)

@@ -467,9 +467,9 @@ def self_knn(
     Why not FAISS: searching a set in itself through ``IndexFlatIP`` computes every inner
     product twice (``x_i . x_j`` for row i, and again for row j). This pass computes only the
     upper triangle of tiles of ``X X^T`` and takes each tile's best values along both axes, so
-    it costs about half a product (``benchmarks/self_search.py``: 1.26x and 1.31x the half product and
-    1.81x and 1.67x faster than FAISS at 100,000 x 1,024, in two runs). Below :data:`SELF_TRIANGLE_FROM_DIM`
-    dimensions FAISS's full search is faster, and is used. The similarities are float32 inner
+    it costs about half a product (``benchmarks/self_search.py``, two runs at 100,000 x 1,024:
+    1.26x and 1.31x the half product, 1.81x and 1.67x faster than FAISS). Below
+    :data:`SELF_TRIANGLE_FROM_DIM` dimensions FAISS's full search is faster, and is used. The similarities are float32 inner
     products, as FAISS's are (they may differ from FAISS's in the last bit: the sums run in
     another order).
 
@@ -670,7 +670,8 @@ def knn_excluding_self(
         neighbours exist, the rest are ``-inf`` with index ``-1``.
     """
     n = vectors.shape[0]
-    if k == 1 and _remote is None and n and self_search_kind(np.shape(vectors)[1]) == "self":
+    # (Anything but a non-empty 2-D set goes on to self_knn, whose validation names the problem.)
+    if k == 1 and _remote is None and n and np.ndim(vectors) == 2 and self_search_kind(np.shape(vectors)[1]) == "self":
         return nearest_other(vectors, groups=groups)
     if groups is None:
         group_ids = np.arange(n)

@@ -23,10 +23,10 @@ within-training null is used and said so (:data:`FALLBACK_NOTE`).
 2023); several spaces are combined by the smallest per-space p-value, itself calibrated against
 the same statistic of the null images (:func:`combined_pvalues`: no Bonferroni factor, so the
 resolution stays ``1 / (n + 1)``). The aligned comparison joins as one more component, weighted
-``aligned_weight`` (2/3) against the embedding spaces' 1/3 (weighted min-p: each p-value divided by
-its weight), which keeps ``pixels``' power on untransformed copies and gives transformed ones
-the larger share (measured: README, the copies check); images are flagged under Benjamini–Hochberg at FDR ``q`` (or,
-on request, at a plain per-image level). The detection floor — the fewest copies BH can flag at
+``aligned_weight`` (2/3) against the embedding spaces' 1/3 (weighted min-p: each p-value divided
+by its weight), which keeps ``pixels``' power on untransformed copies and gives transformed ones
+the larger share (measured: README, the copies check). Images are flagged under
+Benjamini–Hochberg at FDR ``q`` (or, on request, at a plain per-image level). The detection floor — the fewest copies BH can flag at
 all with this null, ``ceil(m / (q (n+1)))`` — is reported, and the flagged rate carries it so that a policy can refuse to pass a check that
 could not have seen a rate above its tolerance.
 
