@@ -70,7 +70,7 @@ def main() -> None:
         c = nearest_other(x)
         t_near = time.perf_counter() - t
         # The second column of a top-2 search is the nearest other vector (no duplicates here).
-        diff = float(max(np.abs(a.similarities - b.similarities).max(), np.abs(a.similarities[:, 1:] - c.similarities).max()))
+        diff = float(max(np.abs(a.similarities - b.similarities).max(), np.abs(a.similarities[:, 1:2] - c.similarities).max()))
         half = product / 2
         row = {"n": n, "product_s": round(product, 2), "faiss_s": round(t_faiss, 2), "self_knn_s": round(t_self, 2),
                "nearest_other_s": round(t_near, 2), "faiss_over_half_product": round(t_faiss / half, 2),

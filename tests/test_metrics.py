@@ -190,6 +190,34 @@ def test_radii_widen_the_search_when_candidates_tie(caplog):
     assert "searched again" in caplog.text
 
 
+def test_radii_recompute_only_the_candidates_that_may_tie(monkeypatch):
+    """The radius is settled from the float64 distances of the few candidates whose float32
+    distance lies within the error bound of the k-th (the others are only counted or left):
+    exact against the float64 brute force at 600 dimensions (the tiled triangle), on clusters
+    of near-duplicates whose distances tie within the float32 error; and fewer float64
+    distances computed than candidates proposed (counted), or the shortcut did nothing."""
+    from scipy.spatial.distance import cdist
+
+    computed = []
+    real = M._exact_sq_dist
+
+    def counting(a, b):
+        computed.append(len(a))
+        return real(a, b)
+
+    monkeypatch.setattr(M, "_exact_sq_dist", counting)
+    rs = np.random.RandomState(6)
+    centres = rs.normal(size=(40, 600))
+    x = (centres[rs.randint(0, 40, size=500)] + rs.normal(scale=0.3, size=(500, 600))).astype(np.float32)
+    x[100:110] = x[100] + rs.normal(scale=1e-5, size=(10, 600)).astype(np.float32)
+    x[200:203] = x[200]
+    dist = np.sort(cdist(x.astype(np.float64), x.astype(np.float64), "sqeuclidean"), axis=1)
+    for k in (1, 5, 12):
+        np.testing.assert_allclose(M.knn_radii_sq(x, k), dist[:, k], rtol=1e-12, atol=1e-12)
+    proposed = sum(500 * (k + 1 + M._EXTRA_CANDIDATES) for k in (1, 5, 12))
+    assert 0 < sum(computed) < proposed / 4, (sum(computed), proposed)
+
+
 def test_prdc_input_errors_and_degenerate_sizes():
     x = np.zeros((10, 3), np.float32)
     with pytest.raises(InputError, match=r"got \(10,\) for real; expected a 2D array"):

@@ -105,6 +105,39 @@ def test_self_knn_offsets_rank_by_euclidean_distance(method):
         self_knn(x, k=2, method="fast")
 
 
+def test_self_knn_sparse_merge_equals_brute_force(monkeypatch):
+    """After a row's first tiles, few values beat its k-th best so far, and self_knn gathers
+    only the groups of 8 whose maximum does (search._beating_candidates). A set large enough
+    for that path to serve most tiles (counted, rows and columns both), with offsets, ragged
+    tiles (3,000 = 5 x 512 + 440; 3,003 leaves 443, no multiple of 8, which the dense top-k
+    serves) and an exact duplicate: neighbours and scores as the float64 brute force has them."""
+    from scipy.spatial.distance import cdist
+
+    from privaudit import search
+
+    served = {"rows": 0, "columns": 0, "dense": 0}
+    real = search._beating_candidates
+
+    def counting(g, threshold, *, columns=False):
+        out = real(g, threshold, columns=columns)
+        served["dense" if out is None else "columns" if columns else "rows"] += 1
+        return out
+
+    monkeypatch.setattr(search, "_beating_candidates", counting)
+    rng = np.random.default_rng(12)
+    for n in (3000, 3003):
+        x = (rng.normal(size=(n, 24)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
+        x[3] = x[n - 2]
+        norms = (x.astype(np.float64) ** 2).sum(1)
+        nb = self_knn(x, k=7, tile=512, offsets=(norms / 2).astype(np.float32), method="triangle")
+        dist = cdist(x.astype(np.float64), x.astype(np.float64), "sqeuclidean")
+        ref = np.argsort(dist, axis=1, kind="stable")[:, :7]
+        same = lambda idx: np.where(idx == n - 2, 3, idx)  # noqa: E731 (the duplicates interchange)
+        np.testing.assert_array_equal(same(nb.indices), same(ref))
+        np.testing.assert_allclose(norms[:, None] - 2 * nb.similarities, np.sort(dist, axis=1)[:, :7], rtol=1e-5, atol=1e-4)
+    assert served["rows"] > served["dense"] and served["columns"] > 0, served
+
+
 @pytest.mark.parametrize("tile", [1, 7, 32, 4096], ids=["tile1", "tile7", "tile32", "one-tile"])
 def test_nearest_other_equals_brute_force(tile):
     """The one-neighbour triangle pass (running maxima down both axes of each tile) against

@@ -824,6 +824,13 @@ def _as_f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _row_sq_norms(x: np.ndarray, *, rows: int = 2048) -> np.ndarray:
+    """Each row's squared norm, in float64, converting ``rows`` rows at a time: a whole float64
+    copy (164 MB at 20,000 x 1,024) took 0.95 s here, mostly the first touch of its new pages,
+    against 0.03 s in chunks."""
+    return np.concatenate([np.einsum("ij,ij->i", c, c) for c in (x[s : s + rows].astype(np.float64) for s in range(0, max(len(x), 1), rows))])
+
+
 def _exact_sq_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Squared distances between paired rows, in float64 from the difference vectors (identical
     rows give exactly 0, which the expanded ``|x|² + |y|² - 2 x·y`` does not)."""
@@ -858,9 +865,7 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
     n, d = x.shape
     if not 1 <= k < n:
         raise InputError(f"k must lie in [1, {n - 1}] for {n} samples; got {k}")
-    xx = x.astype(np.float64)
-    norms = np.einsum("ij,ij->i", xx, xx)
-    del xx
+    norms = _row_sq_norms(x)
     # The candidates' float32 distances |x_i|² - 2 (x_i·x_j - |x_j|²/2) err by less than about
     # 2 (d + 3) u (|x_i|² + |x_j|²) for any summation order (the product's error, Higham,
     # Accuracy and Stability, 3.1, with the offset's and the score's roundings); twice that.
@@ -869,17 +874,33 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
     out = np.empty(n, dtype=np.float64)
 
     def settle(rows: np.ndarray, dist32: np.ndarray, idx: np.ndarray, want: int) -> np.ndarray:
-        """Exact radii of ``rows`` from their candidates; returns the rows that fail the proof."""
-        exact = np.empty((len(rows), want + 1), dtype=np.float64)
-        # As _exact_sq_dist, the rows converted once (not once per candidate).
-        xr = x[rows].astype(np.float64)
-        diff = np.empty_like(xr)
-        for c in range(want):
-            np.subtract(xr, x[idx[:, c]], out=diff)
-            exact[:, c] = np.einsum("ij,ij->i", diff, diff)
-        # The row itself is at distance 0; with many duplicates it may not be a candidate.
-        exact[:, want] = np.where((idx == rows[:, None]).any(axis=1), np.inf, 0.0)
-        r2 = np.partition(exact, k, axis=1)[:, k]
+        """Exact radii of ``rows`` from their candidates; returns the rows that fail the proof.
+
+        Only the candidates whose float32 distance may tie with the radius are recomputed in
+        float64 (usually one a row; all ``want`` took 0.65 s of 5 s at 20,000 x 1,024). Each
+        candidate's exact distance lies in ``[f - e, f + e]`` (``f`` its float32 distance, ``e``
+        the bound), so the radius ``v``, the k-th smallest exact distance, lies between the k-th
+        smallest lower and upper bounds, ``l_k <= v <= u_k``. A candidate with ``f + e < l_k``
+        is below ``v`` and is only counted; one with ``f - e > u_k`` is above it; ``v`` is the
+        (k - count)-th smallest of the exact distances of the rest.
+        """
+        f = np.empty((len(rows), want + 1), dtype=np.float64)
+        f[:, :want] = dist32
+        # The row itself is at distance 0, exactly; with many duplicates it may not be a candidate.
+        f[:, want] = np.where((idx == rows[:, None]).any(axis=1), np.inf, 0.0)
+        e = np.repeat(err[rows][:, None], want + 1, axis=1)
+        e[:, want] = 0.0
+        lower, upper = f - e, f + e
+        l_k = np.partition(lower, k, axis=1)[:, k, None]
+        u_k = np.partition(upper, k, axis=1)[:, k, None]
+        below = (upper < l_k).sum(axis=1)
+        band = (upper >= l_k) & (lower <= u_k)
+        exact = np.where(band, f, np.inf)  # the row itself (column `want`): exact already
+        line, cand = np.nonzero(band[:, :want])
+        for s in range(0, line.size, chunk_size):
+            at = slice(s, s + chunk_size)
+            exact[line[at], cand[at]] = _exact_sq_dist(x[rows[line[at]]], x[idx[line[at], cand[at]]])
+        r2 = np.take_along_axis(np.sort(exact, axis=1), (k - below)[:, None], axis=1)[:, 0]
         ok = (want >= n) | (r2 < dist32[:, -1].astype(np.float64) - err[rows])
         out[rows[ok]] = r2[ok]
         return rows[~ok]
@@ -935,8 +956,7 @@ def prdc_with_radii(
 
     n_r, d = real.shape
     n_f = fake.shape[0]
-    a = np.einsum("ij,ij->i", real.astype(np.float64), real.astype(np.float64))
-    b = np.einsum("ij,ij->i", fake.astype(np.float64), fake.astype(np.float64))
+    a, b = _row_sq_norms(real), _row_sq_norms(fake)
     alpha = (a - real_r2) / 2.0
     r_aug = torch.from_numpy(np.concatenate([real, np.ones((n_r, 1), np.float32), (-alpha)[:, None].astype(np.float32)], axis=1))
     f_aug = torch.from_numpy(np.concatenate([fake, (-b / 2.0)[:, None].astype(np.float32), np.ones((n_f, 1), np.float32)], axis=1))
