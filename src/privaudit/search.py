@@ -34,11 +34,14 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from privaudit.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `import privaudit.search` stays light
+    import torch
 
 #: Query rows per FAISS call. 4096 x 100k float32 similarities are 1.6 GB at most inside FAISS;
 #: smaller chunks cost little (FAISS blocks the product itself), larger ones save nothing.
@@ -481,7 +484,9 @@ def _triangle_tiles(x: np.ndarray, tile: int) -> Iterator[tuple[int, int, np.nda
 _GROUP = 8
 
 
-def _beating_candidates(g, threshold, *, columns: bool = False):
+def _beating_candidates(
+    g: torch.Tensor, threshold: torch.Tensor, *, columns: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
     """The values of a tile that may enter its rows' (or columns') best lists, gathered sparsely.
 
     After the first tiles of a self-search few values beat a row's k-th best so far (about
