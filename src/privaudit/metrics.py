@@ -888,7 +888,8 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
         f[:, :want] = dist32
         # The row itself is at distance 0, exactly; with many duplicates it may not be a candidate.
         f[:, want] = np.where((idx == rows[:, None]).any(axis=1), np.inf, 0.0)
-        e = np.repeat(err[rows][:, None], want + 1, axis=1)
+        bound = err[rows]
+        e = np.repeat(bound[:, None], want + 1, axis=1)
         e[:, want] = 0.0
         lower, upper = f - e, f + e
         l_k = np.partition(lower, k, axis=1)[:, k, None]
@@ -901,7 +902,7 @@ def knn_radii_sq(x: np.ndarray, k: int, *, chunk_size: int = 2048, tile: int = P
             at = slice(s, s + chunk_size)
             exact[line[at], cand[at]] = _exact_sq_dist(x[rows[line[at]]], x[idx[line[at], cand[at]]])
         r2 = np.take_along_axis(np.sort(exact, axis=1), (k - below)[:, None], axis=1)[:, 0]
-        ok = (want >= n) | (r2 < dist32[:, -1].astype(np.float64) - err[rows])
+        ok = (want >= n) | (r2 < dist32[:, -1].astype(np.float64) - bound)
         out[rows[ok]] = r2[ok]
         return rows[~ok]
 

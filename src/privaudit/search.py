@@ -486,7 +486,7 @@ _GROUP = 8
 
 def _beating_candidates(
     g: torch.Tensor, threshold: torch.Tensor, *, columns: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The values of a tile that may enter its rows' (or columns') best lists, gathered sparsely.
 
     After the first tiles of a self-search few values beat a row's k-th best so far (about
@@ -521,7 +521,7 @@ def _beating_candidates(
     maxima = g.view(_GROUP, m, served).amax(0).T if columns else g.view(served, _GROUP, m).amax(1)
     row, group = torch.nonzero(maxima > threshold[:, None], as_tuple=True)  # ascending rows, then groups
     if row.numel() == 0:
-        return torch.empty(0, dtype=torch.int64), None, None
+        return torch.empty(0, dtype=torch.int64), torch.empty(0, 0), torch.empty(0, 0, dtype=torch.int64)
     counts = torch.bincount(row, minlength=served)
     widest = int(counts.max())
     if widest * 4 > m:
